@@ -1,0 +1,73 @@
+"""The ``ichkaggle`` console script: one subcommand per module in ``ichkaggle.commands``.
+
+Command modules are imported only when their subcommand runs, so ``ichkaggle --help``
+stays fast and the core never imports torch or the Kaggle client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+from .errors import UserError
+
+#: name -> (module under ichkaggle.commands, one-line help). The order is the --help order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "write a competition-shaped synthetic dataset of phantom head CTs"),
+    "prepare": ("prepare", "DICOM files -> windowed PNG/JPEG images + metadata.csv (resumable)"),
+    "labels": ("labels", "long training CSV -> one row per image (six 0/1 columns + fastai labels)"),
+    "folds": ("folds", "patient-grouped, label-stratified folds from metadata.csv + labels"),
+    "score": ("score", "competition metric of a predictions CSV against a truth CSV"),
+    "check": ("check", "validate a submission CSV against the sample submission"),
+}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ichkaggle",
+        description="RSNA Intracranial Hemorrhage Detection toolchain: "
+        "DICOM -> windowed images -> model -> checked submission.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"ichkaggle {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _command_parser(name: str) -> argparse.ArgumentParser:
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(f"ichkaggle.commands.{module_name}")
+    parser = argparse.ArgumentParser(
+        prog=f"ichkaggle {name}",
+        description=(module.__doc__ or help_text).strip(),
+        formatter_class=_Formatter,
+    )
+    module.add_arguments(parser)
+    parser.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        build_parser().parse_args(argv or ["--help"])
+        return 2
+    parser = _command_parser(argv[0])
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"ichkaggle {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
