@@ -17,11 +17,3 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, n_train=90, n_test=30, seed=7, config=load_config(size=64), show_progress=False)
     return out
-
-
-def has_torch() -> bool:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -81,7 +81,7 @@ def test_two_workers_give_the_same_files(src, tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_result(src, tmp_path, monkeypatch):
-    full = prepare(src, tmp_path / "full", _settings(), workers=1, show_progress=False)
+    prepare(src, tmp_path / "full", _settings(), workers=1, show_progress=False)
     real_process = prepare_module.process_file
     calls = {"n": 0}
 

@@ -1,0 +1,241 @@
+"""The competition metric: weighted multi-label log loss, on arrays and on long CSVs.
+
+Per image, the binary cross-entropy of each of the six labels, ``any`` weighted 2 and
+each subtype 1, summed and divided by the weight sum (7), then averaged over images;
+predictions are clipped to ``[eps, 1 - eps]``. numpy only: the fastai wrapper converts
+tensors lazily, so importing this module never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from . import LABELS
+from .errors import TableError
+
+#: Per-label weights in LABELS order (any first).
+WEIGHTS = np.array([2.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+#: Default clipping; -log(1e-7) ~ 16.1 bounds every term.
+EPS = 1e-7
+
+
+def _check_arrays(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_pred = np.asarray(y_pred, dtype=np.float64)
+    if y_true.ndim != 2 or y_true.shape[1] != len(LABELS):
+        raise ValueError(f"y_true must be (N, {len(LABELS)}), got {y_true.shape}")
+    if y_pred.shape != y_true.shape:
+        raise ValueError(f"y_pred shape {y_pred.shape} differs from y_true {y_true.shape}")
+    if len(y_true) == 0:
+        raise ValueError("no images to score")
+    if np.isnan(y_pred).any():
+        raise ValueError("y_pred contains NaN")
+    return y_true, y_pred
+
+
+def _bce(y_true: np.ndarray, y_pred: np.ndarray, eps: float) -> np.ndarray:
+    """Element-wise binary cross-entropy after clipping to [eps, 1 - eps].
+
+    ``log(1 - p)`` comes from ``log1p(-p)`` for small p (accurate) and from clipping
+    ``1 - y_pred`` itself for large p, so a confident mistake costs exactly ``-log(eps)``
+    even where ``1 - eps`` is not representable.
+    """
+    p = np.clip(y_pred, eps, 1.0 - eps)
+    q = np.clip(1.0 - y_pred, eps, 1.0 - eps)
+    log_not_p = np.where(y_pred < 0.5, np.log1p(-p), np.log(q))
+    return -(y_true * np.log(p) + (1.0 - y_true) * log_not_p)
+
+
+def per_label_log_loss(y_true, y_pred, eps: float = EPS) -> dict[str, float]:
+    """Mean log loss of each label over images: ``{name: loss}`` in LABELS order."""
+    y_true, y_pred = _check_arrays(y_true, y_pred)
+    means = _bce(y_true, y_pred, eps).mean(axis=0)
+    return {name: float(v) for name, v in zip(LABELS, means)}
+
+
+def weighted_log_loss(y_true, y_pred, eps: float = EPS) -> float:
+    """The competition metric for ``(N, 6)`` arrays in LABELS order.
+
+    ``y_true`` is 0/1 (soft targets also work); ``y_pred`` probabilities. Equals
+    ``sum(w_l * per_label_l) / 7`` with ``w = (2, 1, 1, 1, 1, 1)``.
+    """
+    y_true, y_pred = _check_arrays(y_true, y_pred)
+    per_image = _bce(y_true, y_pred, eps) @ WEIGHTS / WEIGHTS.sum()
+    return float(per_image.mean())
+
+
+def prior_rates(y_true) -> np.ndarray:
+    """Each label's positive rate: the best constant prediction under log loss."""
+    y_true = np.asarray(y_true, dtype=np.float64)
+    return y_true.mean(axis=0)
+
+
+def prior_log_loss(rates, eps: float = EPS) -> float:
+    """Metric value of predicting the constant ``rates`` for images with those rates.
+
+    Per label that is the binary entropy ``-p log p - (1-p) log(1-p)``, weighted like
+    the metric -- the score any useful model must beat.
+    """
+    p = np.clip(np.asarray(rates, dtype=np.float64), eps, 1.0 - eps)
+    r = np.asarray(rates, dtype=np.float64)
+    entropy = -(r * np.log(p) + (1.0 - r) * np.log1p(-p))
+    return float(entropy @ WEIGHTS / WEIGHTS.sum())
+
+
+# ---------------------------------------------------------------------------- long CSVs
+
+
+@dataclass(frozen=True)
+class Score:
+    """A scored prediction table: the metric, its per-label parts, and how many images."""
+
+    score: float
+    per_label: dict[str, float] = field(default_factory=dict)
+    n_images: int = 0
+
+    def lines(self) -> list[str]:
+        """Human-readable breakdown; the last line is the bare number."""
+        out = [f"images: {self.n_images}"]
+        for name, value in self.per_label.items():
+            weight = WEIGHTS[LABELS.index(name)]
+            out.append(f"{name:<17} {value:.6f}  (weight {weight:g})")
+        out.append("weighted log loss:")
+        out.append(f"{self.score:.6f}")
+        return out
+
+
+def score_columns(
+    pred_ids, pred_labels, truth_ids, truth_labels, *, eps: float = EPS, first_line: int | None = None
+) -> Score:
+    """Score long predictions against long truth given as columns (str or bytes arrays).
+
+    Every truth ID must be predicted exactly once and nothing else: a mismatch raises
+    :class:`TableError` naming the IDs missing on either side; so does a prediction that
+    is not a finite number in [0, 1]. The truth must be a valid label table (six 0/1 rows
+    per image). Rows may come in any order: IDs are matched as integer keys
+    (:func:`ichkaggle.labels.match_ids`), not by hashing strings. ``first_line``: CSV line
+    number of row 0, for messages.
+    """
+    from .labels import SplitIds, assemble_wide, match_ids, parse_numbers, shown
+
+    def examples(ids: np.ndarray) -> str:
+        return ", ".join(shown(x) for x in ids[:5]) + (", ..." if len(ids) > 5 else "")
+
+    match = match_ids(truth_ids, pred_ids)
+    truth_ids, pred_ids = np.asarray(truth_ids), np.asarray(pred_ids)
+    checks = (
+        (truth_ids[match.missing], "IDs in the truth missing from the predictions"),
+        (pred_ids[match.extra], "IDs in the predictions not in the truth"),
+        (pred_ids[match.other_repeats], "repeated IDs in the predictions"),
+        (truth_ids[match.reference_repeats], "repeated IDs in the truth"),
+    )
+    problems = [f"{len(ids)} {what}: {examples(ids)}" for ids, what in checks if len(ids)]
+    if problems:
+        raise TableError("predictions do not match the truth:\n  " + "\n  ".join(problems))
+    n = len(truth_ids)
+    split = match.split
+    truth_split = SplitIds(split.image_codes[:n], split.image_ids, split.label_codes[:n])
+    truth_values, _ = parse_numbers(truth_labels)
+    try:
+        truth_wide = assemble_wide(
+            truth_split, truth_values, truth_ids, np.asarray(truth_labels),
+            binary=True, first_line=first_line,
+        )
+    except TableError as err:
+        raise TableError(f"truth: {err}") from None
+    values, _ = parse_numbers(pred_labels)
+    bad = ~(np.isfinite(values) & (values >= 0) & (values <= 1))
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raw = np.asarray(pred_labels)
+        listed = ", ".join(f"{shown(pred_ids[r])} = {shown(raw[r])}" for r in rows[:5])
+        raise TableError(
+            f"predictions: {len(rows)} Label values are not finite numbers in [0, 1]: "
+            + listed
+            + (", ..." if len(rows) > 5 else "")
+        )
+    # the ids match one to one, so each prediction fills the truth's cell for its id
+    image_codes, label_codes = match.other_codes()
+    y_pred = np.empty((len(truth_wide), len(LABELS)))
+    y_pred[image_codes, label_codes] = values
+    y_true = truth_wide[list(LABELS)].to_numpy(dtype=np.float64)
+    return Score(
+        score=weighted_log_loss(y_true, y_pred, eps),
+        per_label=per_label_log_loss(y_true, y_pred, eps),
+        n_images=len(y_true),
+    )
+
+
+def score_long(
+    pred: pd.DataFrame, truth: pd.DataFrame, *, eps: float = EPS, first_line: int | None = None
+) -> Score:
+    """Score long ``ID,Label`` tables, rows in any order (see :func:`score_columns`)."""
+    for name, table in (("predictions", pred), ("truth", truth)):
+        missing = [c for c in ("ID", "Label") if c not in table.columns]
+        if missing:
+            raise TableError(f"{name} table lacks column(s) {', '.join(missing)}")
+    return score_columns(
+        pred["ID"].to_numpy(dtype=object), pred["Label"].to_numpy(),
+        truth["ID"].to_numpy(dtype=object), truth["Label"].to_numpy(),
+        eps=eps, first_line=first_line,
+    )
+
+
+def score_files(pred_csv, truth_csv, *, eps: float = EPS) -> Score:
+    """Score two long ``ID,Label`` CSVs (what ``ichkaggle score`` runs); messages name lines."""
+    from .labels import read_long_columns
+
+    pred_ids, pred_labels = read_long_columns(pred_csv, "predictions")
+    truth_ids, truth_labels = read_long_columns(truth_csv, "truth")
+    return score_columns(pred_ids, pred_labels, truth_ids, truth_labels, eps=eps, first_line=2)
+
+
+# ---------------------------------------------------------------------------- fastai
+
+
+def _to_numpy(x) -> np.ndarray:
+    """A torch tensor (or anything array-like) as a float64 numpy array, lazily."""
+    if hasattr(x, "detach"):
+        x = x.detach()
+        if hasattr(x, "float"):
+            x = x.float()
+        x = x.cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def sigmoid(x) -> np.ndarray:
+    """Numerically stable logistic function."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def fastai_metric(*, from_logits: bool = True, eps: float = EPS):
+    """A fastai metric ``f(preds, targs) -> float`` computing :func:`weighted_log_loss`.
+
+    fastai accepts a plain function as a metric (wrapped in ``AvgMetric``, averaged over
+    batches weighted by batch size -- exact for a per-image mean). With
+    ``BCEWithLogitsLossFlat`` (what ``vision_learner`` picks for multi-label targets) the
+    metric receives raw logits, hence ``from_logits=True`` applies the sigmoid; pass
+    False if the model already outputs probabilities. Predictions and targets must have
+    six columns in LABELS order. Nothing here imports torch.
+    """
+
+    def weighted_log_loss_metric(preds, targs) -> float:
+        p = _to_numpy(preds)
+        if from_logits:
+            p = sigmoid(p)
+        return weighted_log_loss(_to_numpy(targs), p, eps)
+
+    weighted_log_loss_metric.__name__ = "weighted_log_loss"
+    weighted_log_loss_metric.__qualname__ = "weighted_log_loss"
+    return weighted_log_loss_metric
+
+
+def log_loss_bound(eps: float = EPS) -> float:
+    """Largest value the clipped metric can take: ``-log(eps)``."""
+    return -math.log(eps)
