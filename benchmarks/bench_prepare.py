@@ -56,6 +56,7 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", type=int, default=300, help="synthetic 512x512 slices to time")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--real", type=Path, default=None, help="also time a folder of real slices")
+    parser.add_argument("--real-copies", type=int, default=10, help="copies of each real slice to time")
     parser.add_argument("--repeat", type=int, default=2, help="best of N runs")
     args = parser.parse_args(argv)
 
@@ -66,8 +67,14 @@ def main(argv=None) -> int:
         sources = {}
         synthesize(work / "synth", args.slices, 0, seed=1, config=load_config(size=512), show_progress=False)
         sources["synthetic 512x512"] = work / "synth" / "stage_2_train"
-        if args.real is not None:
-            sources[f"real ({args.real.name})"] = args.real
+        if args.real is not None:  # copies under new names, so the pool has enough files to share
+            real = work / "real"
+            real.mkdir()
+            originals = sorted(args.real.glob("*.dcm"))
+            for i in range(args.real_copies):
+                for path in originals:
+                    shutil.copy(path, real / f"{path.stem}_{i}.dcm")
+            sources[f"real ({len(originals)} slices x {args.real_copies})"] = real
         print(f"cores: {os.cpu_count()}  python: {sys.version.split()[0]}")
         print("| source | way | format | workers | ms/slice | speed-up vs seed |")
         print("|---|---|---|---|---|---|")

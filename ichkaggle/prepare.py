@@ -33,6 +33,16 @@ METADATA = "metadata.csv"
 LEAD_COLUMNS = ["ID", "status", "error", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "position", "rank"]
 
 
+_JPEG_SAMPLING = {"420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
+_PNG_FILTERS = {
+    "none": cv2.IMWRITE_PNG_FILTER_NONE,
+    "sub": cv2.IMWRITE_PNG_FILTER_SUB,
+    "up": cv2.IMWRITE_PNG_FILTER_UP,
+    "paeth": cv2.IMWRITE_PNG_FILTER_PAETH,
+    "adaptive": cv2.IMWRITE_PNG_ALL_FILTERS,
+}
+
+
 @dataclass(frozen=True)
 class PrepareSettings:
     """What determines the bytes of an output image; a resumed run must use the same."""
@@ -41,10 +51,15 @@ class PrepareSettings:
     windows: tuple[Window, ...] = DEFAULT_WINDOWS
     format: str = "png"
     jpeg_quality: int = 95
+    #: "420" halves colour resolution (fast, small, the usual Kaggle JPEG); "444" keeps every
+    #: window at full resolution, at twice the encoding time
+    jpeg_subsampling: str = "420"
     png_compression: int = 1
     png_filter: str = "none"  # fastest here, and no larger on CT slices than adaptive filtering
 
     def __post_init__(self):
+        if self.jpeg_subsampling not in _JPEG_SAMPLING:
+            raise UserError(f"JPEG subsampling {self.jpeg_subsampling!r}: choose 420 or 444")
         if self.format not in FORMATS:
             raise UserError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
         if self.size is not None and self.size < 1:
@@ -86,31 +101,25 @@ def encode(image: np.ndarray, settings: PrepareSettings) -> bytes:
         return buffer.getvalue()
     channels = image.shape[2]
     if channels == 1:
-        pixels = image[..., 0]
+        pixels = np.ascontiguousarray(image[..., 0])
     elif channels == 3:
-        pixels = image[..., ::-1]
-    else:  # RGBA -> BGRA
-        pixels = image[..., [2, 1, 0, 3]]
+        pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # 40x faster than a reversed-stride copy
+    else:
+        pixels = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
     if settings.format == "png":
         params = [
             cv2.IMWRITE_PNG_COMPRESSION, settings.png_compression,
             cv2.IMWRITE_PNG_FILTER, _PNG_FILTERS[settings.png_filter],
         ]
     else:
-        params = [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality]
-    ok, data = cv2.imencode(f".{settings.format}", np.ascontiguousarray(pixels), params)
+        params = [
+            cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality,
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR, _JPEG_SAMPLING[settings.jpeg_subsampling],
+        ]
+    ok, data = cv2.imencode(f".{settings.format}", pixels, params)
     if not ok:  # pragma: no cover - OpenCV only fails on impossible shapes, rejected above
         raise RuntimeError(f"OpenCV could not encode a {image.shape} image as {settings.format}")
     return data.tobytes()
-
-
-_PNG_FILTERS = {
-    "none": cv2.IMWRITE_PNG_FILTER_NONE,
-    "sub": cv2.IMWRITE_PNG_FILTER_SUB,
-    "up": cv2.IMWRITE_PNG_FILTER_UP,
-    "paeth": cv2.IMWRITE_PNG_FILTER_PAETH,
-    "adaptive": cv2.IMWRITE_PNG_ALL_FILTERS,
-}
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -23,13 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--windows", default="brain,subdural,bone", help="comma-separated windows, one channel each")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="K", help="parallel processes")
     parser.add_argument("--format", default="png", choices=["png", "jpg", "npy"], help="image format")
+    parser.add_argument("--jpeg-444", action="store_true",
+                        help="JPEG without chroma subsampling: every window at full resolution, 2x slower")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..prepare import PrepareSettings, prepare
 
-    settings = PrepareSettings(size=args.size or None, windows=parse_windows(args.windows), format=args.format)
+    settings = PrepareSettings(size=args.size or None, windows=parse_windows(args.windows), format=args.format,
+                               jpeg_subsampling="444" if args.jpeg_444 else "420")
     result = prepare(args.src, args.out, settings, workers=args.workers, show_progress=not args.quiet)
     print(result.describe())
     return 0
