@@ -1,0 +1,177 @@
+"""A run's ``report.md`` in the seed's EXP block form, with a loss curve and a labelled montage.
+
+Why: a number in a log is easy to lose; a page per run with the recipe, the losses, the CV
+per label and pictures of what the model saw (and said) is what one compares runs by.
+No torch here: it reads what ``training.train`` wrote (config, history, predictions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from . import LABELS
+from .experiment import Experiment
+
+SHORT = {"any": "any", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
+         "subarachnoid": "SAH", "subdural": "SDH"}
+
+
+def loss_curve(history: pd.DataFrame, path: Path) -> Path | None:
+    """Train/valid loss and the metric per epoch across phases (matplotlib, if installed)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    x = np.arange(1, len(history) + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for column, style in (("train_loss", "-o"), ("valid_loss", "-s"), ("weighted_log_loss", "--^")):
+        if column in history:
+            ax.plot(x, pd.to_numeric(history[column], errors="coerce"), style, label=column, markersize=3)
+    if "phase" in history:
+        starts = history.reset_index().groupby("phase", sort=False)["index"].min()
+        for name, start in starts.items():
+            ax.axvline(start + 0.5, color="grey", lw=0.5)
+            ax.text(start + 0.6, ax.get_ylim()[1], name, va="top", fontsize=8, color="grey")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def montage(
+    image_paths: Sequence[str],
+    targets: np.ndarray,
+    preds: np.ndarray,
+    path: Path,
+    columns: int = 6,
+    tile: int = 160,
+) -> Path:
+    """Validation slices with true labels (green) and predictions >= 0.5 (orange, with p)."""
+    tiles = []
+    for image_path, target, pred in zip(image_paths, targets, preds):
+        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        if image is None:
+            image = np.zeros((tile, tile, 3), np.uint8)
+        image = cv2.resize(image, (tile, tile), interpolation=cv2.INTER_NEAREST)
+        canvas = np.zeros((tile + 34, tile, 3), np.uint8)
+        canvas[:tile] = image
+        truth = " ".join(SHORT[l] for l, t in zip(LABELS[1:], target[1:]) if t > 0.5) or "none"
+        said = " ".join(f"{SHORT[l]}{p:.1f}" for l, p in zip(LABELS[1:], pred[1:]) if p >= 0.5) or f"none({pred[0]:.2f})"
+        cv2.putText(canvas, f"T: {truth}", (3, tile + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (80, 220, 80), 1)
+        cv2.putText(canvas, f"P: {said}", (3, tile + 29), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (60, 160, 255), 1)
+        tiles.append(canvas)
+    if not tiles:
+        tiles = [np.zeros((tile + 34, tile, 3), np.uint8)]
+    while len(tiles) % columns:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
+    cv2.imwrite(str(path), np.vstack(rows))
+    return path
+
+
+def pick_examples(ids: Sequence[str], targets: np.ndarray, n: int = 18, seed: int = 0) -> list[int]:
+    """Half positives, half negatives (as far as there are), so the montage shows both."""
+    rng = np.random.default_rng(seed)
+    positive = np.flatnonzero(targets[:, 0] > 0.5)
+    negative = np.flatnonzero(targets[:, 0] <= 0.5)
+    take_pos = rng.permutation(positive)[: n // 2]
+    take_neg = rng.permutation(negative)[: n - len(take_pos)]
+    return sorted(np.concatenate([take_pos, take_neg]).astype(int).tolist())
+
+
+def _phase_line(phase) -> str:
+    call = (
+        f"fit_one_cycle({phase.epochs}, lr={phase.lr:g})"
+        if phase.schedule == "one_cycle"
+        else f"fit_flat_cos({phase.epochs}, lr={phase.lr:g}, pct_start={phase.pct_start:g})"
+    )
+    return f"{'frozen body' if phase.freeze else 'unfrozen'}, {phase.optimizer}, {call}"
+
+
+def write_report(
+    run_dir: str | os.PathLike,
+    experiment: Experiment,
+    history: pd.DataFrame,
+    metrics: dict,
+    valid_paths: Sequence[str],
+    valid_targets: np.ndarray,
+    valid_preds: np.ndarray,
+    extra: dict | None = None,
+) -> Path:
+    """Write report.md + loss.png + montage.png into the run directory; returns report.md."""
+    run_dir = Path(run_dir)
+    curve = loss_curve(history, run_dir / "loss.png")
+    chosen = pick_examples(valid_paths, valid_targets)
+    montage([valid_paths[i] for i in chosen], valid_targets[chosen], valid_preds[chosen], run_dir / "montage.png")
+    d, m = experiment.data, experiment.model
+    transforms = [f"flip={d.flip}", f"rotate<={d.max_rotate:g}", f"zoom<={d.max_zoom:g}"]
+    if d.max_warp:
+        transforms.append(f"warp<={d.max_warp:g}")
+    if d.max_lighting:
+        transforms.append(f"lighting<={d.max_lighting:g}")
+    weights = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "models").glob("*.pth"))
+    per_label = metrics.get("valid_per_label", {})
+    lines = [
+        f"# {experiment.name.upper()}",
+        "",
+        experiment.description,
+        "",
+        "```",
+        f"{experiment.name.upper()}",
+        f"- model:        {m.arch}",
+        f"- classes:      {len(LABELS)} ({', '.join(LABELS)})",
+        f"- batch:        {d.batch_size}",
+        f"- size:         {d.size}",
+        f"- windows:      {', '.join(d.windows)}",
+        f"- validation:   fold {d.fold} of {d.n_folds} (grouped by PatientID, stratified), "
+        f"{metrics.get('valid_images', '?')} images",
+        f"- transforms:   {', '.join(transforms)}; normalise={m.normalize}",
+        f"- pretraining:  {'ImageNet from ' + m.weights if m.weights else 'none (random init)'}",
+    ]
+    for i, phase in enumerate(experiment.phases, 1):
+        lines.append(f"- phase {i} ({phase.name}): {_phase_line(phase)}")
+    lines += [
+        f"- TTA:          {'flips + affine, n=%d, beta=%g' % (experiment.predict.tta_n, experiment.predict.tta_beta) if experiment.predict.tta else 'off'}",
+        f"- weights:      {', '.join(weights)}",
+        f"- train loss:   {metrics.get('train_loss', float('nan')):.4f}",
+        f"- valid loss:   {metrics.get('valid_loss', float('nan')):.4f}",
+        f"- CV metric:    {metrics.get('valid_weighted_log_loss', float('nan')):.4f} (weighted log loss)",
+    ]
+    lines += [f"    {label:<17} {per_label[label]:.4f}" for label in LABELS if label in per_label]
+    lines += ["```", ""]
+    for key, value in (extra or {}).items():
+        lines.append(f"- **{key}**: {value}")
+    if extra:
+        lines.append("")
+    lines += ["## Loss", "", "![loss curve](loss.png)" if curve else "(matplotlib not installed: no curve)", ""]
+    lines += ["## Validation slices", "", "T = truth, P = predicted (p >= 0.5; else p(any))", "", "![montage](montage.png)", ""]
+    lines += ["## History", "", _markdown_table(history), ""]
+    lines += [f"ichkaggle {metrics.get('ichkaggle_version', '?')}, {metrics.get('device', '?')}, "
+              f"{metrics.get('seconds', '?')} s of training", ""]
+    report = run_dir / "report.md"
+    report.write_text("\n".join(lines))
+    (run_dir / "report.json").write_text(json.dumps({"metrics": metrics, "extra": extra or {}}, indent=2, default=str))
+    return report
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    columns = list(frame.columns)
+    rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in frame.iterrows():
+        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
