@@ -21,6 +21,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "folds": ("folds", "patient-grouped, label-stratified folds from metadata.csv + labels"),
     "score": ("score", "competition metric of a predictions CSV against a truth CSV"),
     "check": ("check", "validate a submission CSV against the sample submission"),
+    "train": ("train", "train an experiment (TOML) with fastai + timm on prepared images"),
+    "predict": ("predict", "TTA predictions of trained models -> a checked submission CSV"),
+    "demo": ("demo", "the main job end to end on the embedded synthetic default (CPU)"),
+    "bundle": ("bundle", "build the package + configs as a Kaggle dataset folder (credential-checked)"),
+    "push": ("push", "push a dataset or kernel to Kaggle, follow it, fetch its outputs"),
+    "submit": ("submit", "check a submission CSV, then submit it to the competition"),
 }
 
 
