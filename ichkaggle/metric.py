@@ -225,11 +225,14 @@ def fastai_metric(*, from_logits: bool = True, eps: float = EPS):
     six columns in LABELS order. Nothing here imports torch.
     """
 
-    def weighted_log_loss_metric(preds, targs) -> float:
+    def weighted_log_loss_metric(preds, targs):
         p = _to_numpy(preds)
         if from_logits:
             p = sigmoid(p)
-        return weighted_log_loss(_to_numpy(targs), p, eps)
+        value = weighted_log_loss(_to_numpy(targs), p, eps)
+        # As a tensor when given tensors: distributed fastai gathers metric values across ranks.
+        as_tensor = getattr(preds, "new_tensor", None)
+        return as_tensor(value) if as_tensor is not None else value
 
     weighted_log_loss_metric.__name__ = "weighted_log_loss"
     weighted_log_loss_metric.__qualname__ = "weighted_log_loss"

@@ -8,6 +8,7 @@ checkpoint and a CSV log per phase. Pretrained weights come only from a local fi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -30,7 +31,7 @@ from fastai.data.block import DataBlock, MultiCategoryBlock
 from fastai.data.core import TfmdDL
 from fastai.data.transforms import ColReader, ColSplitter
 from fastai.losses import BCEWithLogitsLossFlat
-from fastai.torch_core import set_seed
+from fastai.torch_core import num_distrib, rank_distrib, set_seed
 from fastai.metrics import accuracy_multi
 from fastai.optimizer import SGD, Adam, RAdam
 from fastai.vision.augment import aug_transforms
@@ -218,6 +219,7 @@ def train(items: pd.DataFrame, experiment: Experiment, run_dir: str | os.PathLik
     learn = build_learner(dls, experiment, run_dir, pretrained=True)
     histories = []
     started = time.time()
+    main_process = rank_distrib() == 0
     for phase in experiment.phases:
         checkpoint = run_dir / "models" / f"{phase.name}.pth"
         log = run_dir / f"history_{phase.name}.csv"
@@ -231,23 +233,29 @@ def train(items: pd.DataFrame, experiment: Experiment, run_dir: str | os.PathLik
             learn.unfreeze()
         learn.opt_func = OPTIMIZERS[phase.optimizer]
         learn.opt = None  # a new optimizer of the phase's kind
-        cbs = [CSVLogger(fname=str(log))]
+        cbs = [CSVLogger(fname=str(log))] if main_process else []
         _plain_progress(learn, phase.name, phase.epochs)
         fit_kwargs = {} if phase.weight_decay is None else {"wd": phase.weight_decay}
-        if phase.schedule == "one_cycle":
-            learn.fit_one_cycle(phase.epochs, phase.lr, cbs=cbs, **fit_kwargs)
-        else:
-            learn.fit_flat_cos(phase.epochs, phase.lr, pct_start=phase.pct_start, cbs=cbs, **fit_kwargs)
-        save_weights(learn, checkpoint)
-        histories.append(pd.read_csv(log).assign(phase=phase.name))
+        with _distributed(learn):
+            if phase.schedule == "one_cycle":
+                learn.fit_one_cycle(phase.epochs, phase.lr, cbs=cbs, **fit_kwargs)
+            else:
+                learn.fit_flat_cos(phase.epochs, phase.lr, pct_start=phase.pct_start, cbs=cbs, **fit_kwargs)
+        _barrier()
+        if main_process:
+            save_weights(learn, checkpoint)
+        _barrier()
+        if main_process:
+            histories.append(pd.read_csv(log).assign(phase=phase.name))
     final = run_dir / "models" / "final.pth"
+    if not main_process:  # rank 0 writes the run's files
+        return TrainResult(run_dir, final, pd.DataFrame(), [], np.empty((0, 6)), np.empty((0, 6)), {})
     save_weights(learn, final)
     history = pd.concat(histories, ignore_index=True)
     history.to_csv(run_dir / "history.csv", index=False)
 
     valid = dls.valid_ds.items
-    preds, targs = learn.get_preds(ds_idx=1)
-    preds, targs = preds.float().numpy(), targs.float().numpy()
+    preds, targs = _valid_predictions(learn, dls.valid)
     metrics = {
         "experiment": experiment.name,
         "ichkaggle_version": __version__,
@@ -283,6 +291,35 @@ def _plain_progress(learn, phase: str, epochs: int) -> None:
     learn.logger = log
 
 
+def _distributed(learn):
+    """Under torchrun / accelerate launch (WORLD_SIZE > 1): fastai's DDP through accelerate.
+
+    On GPUs batch norms are synchronised; on CPU (gloo) they cannot be, and accelerate is
+    told to stay on the CPU. A single process gets a no-op context.
+    """
+    if num_distrib() <= 1:
+        return contextlib.nullcontext()
+    import fastai.distributed  # noqa: F401  (patches Learner.distrib_ctx; needs accelerate)
+
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        # fastai's DistributedDL broadcasts the shuffled indices as a CUDA tensor (NCCL);
+        # gloo broadcasts CPU tensors, so CPU processes (tests, CPU-only boxes) use that.
+        fastai.distributed.DistributedDL._broadcast = _broadcast_cpu
+    return learn.distrib_ctx(sync_bn=cuda, cpu=not cuda)
+
+
+def _broadcast_cpu(self, values, rank):
+    tensor = torch.tensor(list(values), dtype=torch.long)
+    torch.distributed.broadcast(tensor, rank)
+    return tensor.tolist()
+
+
+def _barrier() -> None:
+    if num_distrib() > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def _drop_bars(learn) -> bool:
     """Remove fastai's progress bars when stdout is not a terminal; True if removed."""
     if sys.stdout.isatty():
@@ -291,6 +328,23 @@ def _drop_bars(learn) -> bool:
 
     learn.remove_cb(ProgressCallback)
     return True
+
+
+def _valid_predictions(learn, loader) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities on the validation set with a plain loop.
+
+    ``get_preds`` would try to gather across ranks after a distributed fit, where only
+    rank 0 is still here; one process, one pass, in loader order.
+    """
+    model = learn.model.eval()
+    preds, targs = [], []
+    with torch.no_grad():
+        for xb, yb in loader:
+            with torch.autocast("cuda", enabled=xb.is_cuda):
+                logits = model(xb)
+            preds.append(torch.sigmoid(logits.float()).cpu())
+            targs.append(yb.float().cpu())
+    return torch.cat(preds).numpy(), torch.cat(targs).numpy()
 
 
 def save_weights(learn, path: Path) -> None:

@@ -179,7 +179,7 @@ def test_metric_wrapper_on_tensors_equals_numpy(torch):
     logits = torch.randn(10, 6)
     targets = (torch.rand(10, 6) > 0.7).float()
     expected = weighted_log_loss(targets.numpy(), torch.sigmoid(logits).numpy())
-    assert fastai_metric()(logits, targets) == pytest.approx(expected, rel=1e-6)
+    assert float(fastai_metric()(logits, targets)) == pytest.approx(expected, rel=1e-6)
 
 
 def test_predict_command_writes_a_checked_submission(prepared, tmp_path, capsys):
@@ -205,3 +205,22 @@ def test_demo_runs_end_to_end_small(tmp_path, capsys):
     assert "constant prior" in out and result.submission.exists() and result.report.exists()
     assert (tmp_path / "w" / "run" / "montage.png").exists() and (tmp_path / "w" / "run" / "loss.png").exists()
     assert result.test_score is not None and result.prior_score > 0
+
+
+def test_distributed_training_with_two_cpu_processes(prepared, tmp_path):
+    """The multi-GPU path (torchrun + fastai/accelerate DDP), exercised on gloo with two CPU ranks."""
+    import os
+    import subprocess
+    import sys
+
+    root, _ = prepared
+    config = tmp_path / "tiny.toml"
+    config.write_text(tiny_experiment(epochs=1).to_toml())
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "ichkaggle.cli", "train", "--config", str(config), "--prepared", str(root / "train"),
+               "--labels", str(root / "data" / "stage_2_train.csv"), "--out", str(tmp_path / "run")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("epoch 1/1") == 1  # only rank 0 logs
+    assert (tmp_path / "run" / "models" / "final.pth").exists() and (tmp_path / "run" / "report.md").exists()

@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
         items = image_items(folds, prepared / "images", suffix=suffix)
     out = Path(args.out or f"runs/{experiment.name}/fold{experiment.data.fold}")
     result = train(items, experiment, out, resume=args.resume)
+    if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
+        return 0
     valid_paths = list(items.set_index("ID").loc[result.valid_ids, "path"])
     report = write_report(out, experiment, result.history, result.metrics, valid_paths,
                           result.valid_targets, result.valid_preds)
