@@ -1,0 +1,93 @@
+"""Push a dataset or a kernel to Kaggle, follow it, fetch its outputs; or run the whole job.
+
+  ichkaggle push dataset ichkaggle-src          the package (after `ichkaggle bundle`)
+  ichkaggle push dataset ichkaggle-timm-weights the ImageNet weights (after fetch_weights.py)
+  ichkaggle push kernel train --folds 0-4       one private GPU kernel per fold, internet off
+  ichkaggle push kernel infer --folds 0-4       attaches those folds' outputs and averages them
+  ichkaggle push run --folds 0-4 -m MESSAGE     train (in parallel) -> infer -> submit, resumable
+
+The templates (kernels/NAME, datasets/NAME) keep the placeholder owner KAGGLE_USERNAME; the
+metadata is rendered with your username into a temporary folder, checked for credentials
+and pushed with the Kaggle Python API, whose answers are checked (the kaggle CLI exits 0 on
+several failures). --wait polls with bounded backoff until the version ends, downloads its
+outputs to --out/<kernel>/v<version>/ and prints where the log is; a version that ends in
+ERROR is a non-zero exit with the end of its log. `push run` always waits, keeps its state
+in a JSON file (--state) and, run again, resumes where it stopped: finished kernels are
+kept, failed ones pushed again, a submitted file is not submitted twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+KINDS = ("dataset", "kernel", "run")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", choices=KINDS, help="what to push")
+    parser.add_argument("name", nargs="?", default=None,
+                        help="dataset or kernel folder name (datasets/NAME, kernels/NAME) or a path to one")
+    parser.add_argument("--wait", action="store_true", help="follow the run to its end and fetch its outputs")
+    parser.add_argument("--config", default="exp_00", help="experiment the kernels run (a bundled name or a TOML)")
+    parser.add_argument("--folds", default=None, metavar="SPEC",
+                        help="folds, e.g. 0-4 or 0,2; None: the config's fold")
+    parser.add_argument("-m", "--message", default=None, help="run: the submission's description")
+    parser.add_argument("--no-submit", action="store_true", help="run: stop after the infer kernel")
+    parser.add_argument("--sample", default=None, metavar="SAMPLE_CSV",
+                        help="run: check the submission against this sample before submitting")
+    parser.add_argument("--state", default=None, metavar="JSON",
+                        help="run: the state file; None: OUT/<config>-folds<...>.json")
+    parser.add_argument("--owner", default=None, help="Kaggle username for the slugs; None: the credentials' username")
+    parser.add_argument("--notes", default="", help="dataset: the version notes")
+    parser.add_argument("--accelerator", default=None,
+                        help="kernel: Kaggle machine shape, e.g. NvidiaTeslaT4; None: Kaggle's default GPU")
+    parser.add_argument("--weights", action="store_true", help="kernel: download the weights files too")
+    parser.add_argument("--out", default=None, metavar="DIR", help="where outputs and logs go; None: runs/kaggle of the checkout")
+    parser.add_argument("--kernels-dir", default=None, metavar="DIR", help="kernel templates; None: kernels/ of the checkout")
+    parser.add_argument("--datasets-dir", default=None, metavar="DIR", help="dataset folders; None: datasets/ of the checkout")
+    parser.add_argument("--poll", type=float, default=15.0, metavar="SECONDS",
+                        help="first polling interval (it grows to 120 s)")
+    parser.add_argument("--max-wait", type=float, default=12 * 3600, metavar="SECONDS",
+                        help="give up following after this long (run again to resume)")
+    parser.add_argument("--dry-run", nargs="?", const="", default=None, metavar="DIR",
+                        help="only render the folders (into DIR, else a new temporary folder) and show them")
+
+
+def run(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from ..errors import UserError
+    from ..kaggle_api import KaggleSession, find_credentials
+    from ..kaggle_flow import Layout, Polling, parse_folds, push_dataset, push_kernels, run_pipeline
+
+    if args.kind in ("dataset", "kernel") and not args.name:
+        raise UserError(f"push {args.kind}: which one? e.g. ichkaggle push "
+                        + ("dataset ichkaggle-src" if args.kind == "dataset" else "kernel train --folds 0-4"))
+    if args.kind == "run" and args.name:
+        raise UserError("push run takes no NAME: it pushes kernels/train (per fold) and kernels/infer")
+    layout = Layout.find(args.kernels_dir, args.datasets_dir, args.out)
+    polling = Polling(first=args.poll, longest=max(args.poll, 120.0), timeout=args.max_wait,
+                      submission_timeout=min(args.max_wait, 2 * 3600))
+    folds = parse_folds(args.folds)
+    dry_run = None
+    if args.dry_run is not None:
+        dry_run = Path(args.dry_run or tempfile.mkdtemp(prefix="ichkaggle-render-"))
+        if args.kind == "run":
+            raise UserError("push run --dry-run: dry-run `push kernel train` and `push kernel infer` instead")
+    credentials = find_credentials(owner=args.owner, required=dry_run is None)
+    owner = args.owner or (credentials.username if credentials else None)
+    if not owner:
+        raise UserError("no Kaggle username: pass --owner or set up credentials")
+    session = KaggleSession(credentials) if credentials else None
+    if args.kind == "dataset":
+        push_dataset(session, args.name, owner, layout, notes=args.notes, wait=args.wait, polling=polling,
+                     dry_run=dry_run)
+    elif args.kind == "kernel":
+        push_kernels(session, args.name, owner, layout, args.config, folds, wait=args.wait, polling=polling,
+                     accelerator=args.accelerator, weights=args.weights, dry_run=dry_run)
+    else:
+        state = Path(args.state) if args.state else None
+        run_pipeline(session, owner, layout, args.config, folds, message=args.message, submit=not args.no_submit,
+                     sample=args.sample, state_path=state, polling=polling, accelerator=args.accelerator)
+    return 0

@@ -1,0 +1,47 @@
+"""Check a submission CSV, then submit it to the competition with the Kaggle API.
+
+The file is checked first and an invalid file is never uploaded: with --sample against the
+sample submission (every sample ID once, six rows per image, numbers in [0, 1]); without
+it for consistency only. --dry-run stops after the check and shows what would be sent and
+as whom. --wait polls the submissions list until the submission is COMPLETE (its public and
+private scores are printed) or ERROR (a non-zero exit with Kaggle's reason). Connection
+errors and 5xx answers are retried a bounded number of times; 401/403 and a refused
+submission are clear errors with a non-zero exit. Credentials: KAGGLE_USERNAME and
+KAGGLE_KEY, or kaggle.json in ~/.kaggle (see docs/kaggle.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("submission_csv", metavar="SUBMISSION_CSV", help="the submission to upload")
+    parser.add_argument("-m", "--message", required=True, metavar="MESSAGE", help="the submission's description")
+    parser.add_argument("--sample", default=None, metavar="SAMPLE_CSV",
+                        help="the competition's stage_2_sample_submission.csv to check against")
+    parser.add_argument("--dry-run", action="store_true", help="check and show what would be submitted; send nothing")
+    parser.add_argument("--wait", action="store_true", help="poll until the submission is scored")
+    parser.add_argument("--competition", default="rsna-intracranial-hemorrhage-detection", help="competition slug")
+    parser.add_argument("--poll", type=float, default=10.0, metavar="SECONDS",
+                        help="first polling interval (it grows to 60 s)")
+    parser.add_argument("--max-wait", type=float, default=2 * 3600, metavar="SECONDS",
+                        help="give up waiting for the score after this long")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..kaggle_api import KaggleSession, find_credentials
+    from ..kaggle_flow import Polling, check_csv, submit_csv
+
+    competition = args.competition
+    polling = Polling(first=args.poll, longest=max(args.poll, 60.0), submission_timeout=args.max_wait)
+    if args.dry_run:
+        credentials = find_credentials()
+        submit_csv(None, args.submission_csv, args.message, sample=args.sample, competition=competition,
+                   wait=args.wait, dry_run=True, credentials=credentials)
+        return 0
+    lines = check_csv(args.submission_csv, args.sample)  # before credentials: an invalid file stops here
+    session = KaggleSession(find_credentials())
+    submit_csv(session, args.submission_csv, args.message, sample=args.sample, competition=competition,
+               wait=args.wait, polling=polling, checked=lines)
+    return 0

@@ -1,0 +1,679 @@
+"""The Kaggle API at the edge: credentials, one configured client, bounded retries, clear errors.
+
+Everything that talks to Kaggle goes through :class:`KaggleSession`, which drives the real
+``kaggle`` client (imported lazily: ``import kaggle`` authenticates and prints at import
+time) with three changes of behaviour:
+
+- credentials are ours: ``KAGGLE_USERNAME``/``KAGGLE_KEY``, else ``kaggle.json`` in
+  ``KAGGLE_CONFIG_DIR``, ``~/.kaggle`` or ``~/.config/kaggle``, else ``KAGGLE_API_TOKEN``
+  (with a username); the client's own search (tokens in env or files) is switched off so
+  one known credential is used, and the key is never printed (its ``VERBOSE`` mode, which
+  prints the auth header, is never enabled);
+- every request has a timeout and the client's own retries (about ten, minutes long on a
+  down server) are replaced by ours: connection errors, timeouts, 429 and 5xx are retried
+  a bounded number of times within a short deadline, so a down server fails in seconds;
+- failures become :class:`KaggleError` (a ``UserError``) with a message that says what to
+  do: 401 names the credential source, 403 the usual causes, and answers the client would
+  pass over (SaveKernel's ``error``, a dataset status that is not ok, a refused
+  submission) are errors too. The key is scrubbed from every message.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+from .errors import UserError
+
+COMPETITION = "rsna-intracranial-hemorrhage-detection"
+#: an API base URL to use instead of https://api.kaggle.com (tests point it at a fake server)
+ENDPOINT_ENV = "ICHKAGGLE_KAGGLE_ENDPOINT"
+KERNEL_TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
+KERNEL_FAILED = ("ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
+SUBMISSION_TERMINAL = ("COMPLETE", "ERROR")
+NEW_TOKEN_HELP = "create a new API token at https://www.kaggle.com/settings (API -> Create New Token)"
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- credentials
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Who calls the API; ``key`` is never part of the repr."""
+
+    username: str
+    key: str = field(repr=False)
+    source: str = ""
+    token: bool = False  # a KAGGLE_API_TOKEN (sent as Bearer) rather than a legacy key (Basic auth)
+
+    def describe(self) -> str:
+        return f"user {self.username} (credentials from {self.source})"
+
+
+def config_dirs(env: dict | None = None) -> list[Path]:
+    """Where ``kaggle.json`` may live, in the client's order of preference."""
+    env = os.environ if env is None else env
+    home = Path(env.get("HOME") or Path.home())
+    if env.get("KAGGLE_CONFIG_DIR"):
+        return [Path(env["KAGGLE_CONFIG_DIR"])]
+    xdg = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else home / ".config"
+    return [home / ".kaggle", xdg / "kaggle"]
+
+
+def _read_kaggle_json(path: Path) -> tuple[str, str]:
+    try:
+        data = json.loads(path.read_text())
+        return str(data["username"]), str(data["key"])
+    except (OSError, ValueError, KeyError, TypeError):
+        # never echo the content: it holds the key
+        raise UserError(f"{path}: not a kaggle.json with \"username\" and \"key\" ({NEW_TOKEN_HELP})") from None
+
+
+def _token_value(env: dict) -> str | None:
+    value = env.get("KAGGLE_API_TOKEN")
+    if not value:
+        return None
+    if len(value) < 512 and Path(value).is_file():
+        return Path(value).read_text().strip() or None
+    return value
+
+
+def find_credentials(owner: str | None = None, env: dict | None = None, required: bool = True) -> Credentials | None:
+    """The credentials the session will use, without any network call.
+
+    Order: ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``; ``kaggle.json`` (see :func:`config_dirs`);
+    ``KAGGLE_API_TOKEN`` (a value or a file), whose username comes from ``KAGGLE_USERNAME``,
+    a ``kaggle.json`` or ``owner``.
+    """
+    env = os.environ if env is None else env
+    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
+        return Credentials(env["KAGGLE_USERNAME"], env["KAGGLE_KEY"], "KAGGLE_USERNAME/KAGGLE_KEY")
+    json_user = None
+    for folder in config_dirs(env):
+        path = folder / "kaggle.json"
+        if path.is_file():
+            username, key = _read_kaggle_json(path)
+            if key:
+                return Credentials(username, key, str(path))
+            json_user = username
+    token = _token_value(env)
+    if token:
+        username = env.get("KAGGLE_USERNAME") or json_user or owner
+        if not username:
+            raise UserError("KAGGLE_API_TOKEN is set but no username is known: set KAGGLE_USERNAME (or pass --owner)")
+        return Credentials(username, token, "KAGGLE_API_TOKEN", token=True)
+    if not required:
+        return None
+    where = ", ".join(str(d / "kaggle.json") for d in config_dirs(env))
+    raise UserError(
+        "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in one of "
+        f"{where} (chmod 600), or set KAGGLE_API_TOKEN; {NEW_TOKEN_HELP}"
+    )
+
+
+def secret_values(credentials: Credentials | None = None, env: dict | None = None) -> list[str]:
+    """Every secret this machine holds for Kaggle (to scrub from text and to scan bundles for)."""
+    env = os.environ if env is None else env
+    secrets = set()
+    if credentials is not None:
+        secrets.add(credentials.key)
+    for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        if env.get(name):
+            secrets.add(env[name])
+    token = None
+    with contextlib.suppress(OSError):
+        token = _token_value(env)
+    if token:
+        secrets.add(token)
+    for folder in config_dirs(env):
+        path = folder / "kaggle.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
+            secrets.add(str(json.loads(path.read_text())["key"]))
+    return sorted(s for s in secrets if len(s) >= 8)
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every secret (and its Basic-auth encoding) and auth header replaced."""
+    text = str(text)
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "[REDACTED]")
+    text = re.sub(r"(Authorization['\"]?\s*[:=]\s*['\"]?(Basic|Bearer)\s+)[A-Za-z0-9+/=._-]+", r"\1[REDACTED]", text)
+    return text
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+class KaggleError(UserError):
+    """A Kaggle call that failed for good; ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, status: int | None = None, kind: str = "other"):
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # auth | forbidden | not_found | transient | refused | other
+    text: str
+    status: int | None = None
+
+    @property
+    def transient(self) -> bool:
+        return self.kind == "transient"
+
+
+def _server_message(response) -> str:
+    try:
+        data = response.json()
+        if isinstance(data, dict) and data.get("message"):
+            return str(data["message"])
+    except Exception:  # noqa: BLE001 - any body that is not JSON
+        pass
+    text = (getattr(response, "text", "") or "").strip()
+    return text[:300]
+
+
+def _connection_text(err: Exception) -> str:
+    text = str(err)
+    reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    host = re.search(r"host='([^']+)', port=(\d+)", text)
+    where = f"{host.group(1)}:{host.group(2)}" if host else "the server"
+    if "timed out" in text.lower() or "timeout" in type(err).__name__.lower():
+        return f"no answer from {where} (timed out)"
+    return f"cannot connect to {where}" + (f" ({reason.group(1).strip()})" if reason else "")
+
+
+def classify(err: Exception) -> Problem:
+    """What went wrong, in the terms the retry loop and the messages need."""
+    import requests
+
+    context = err.__context__
+    if isinstance(err, ValueError) and isinstance(context, requests.HTTPError) and context.response is not None:
+        # the client turns some HTTP errors into a ValueError with its own guess (e.g. 401 on a
+        # kernel becomes "wrong kernel slug"): the status underneath decides
+        problem = classify(context)
+        return Problem(problem.kind, f"{problem.text} ({err})" if problem.kind != "auth" else problem.text,
+                       problem.status)
+    if isinstance(err, requests.HTTPError) and err.response is not None:
+        status = err.response.status_code
+        message = _server_message(err.response) or str(err)
+        if status == 401:
+            return Problem("auth", message, status)
+        if status == 403:
+            return Problem("forbidden", message, status)
+        if status == 404:
+            return Problem("not_found", message, status)
+        if status == 429 or status >= 500:
+            return Problem("transient", f"HTTP {status}: {message}", status)
+        return Problem("other", f"HTTP {status}: {message}", status)
+    if isinstance(err, (requests.ConnectionError, requests.Timeout)):
+        return Problem("transient", _connection_text(err))
+    try:
+        import urllib3.exceptions as u3
+
+        if isinstance(err, (u3.ProtocolError, u3.TimeoutError, u3.NewConnectionError)):
+            return Problem("transient", _connection_text(err))
+    except ImportError:  # pragma: no cover
+        pass
+    text = str(err) or type(err).__name__
+    if "Permission 'kernels.get' was denied" in text:
+        return Problem("forbidden", text, 403)
+    if isinstance(err, ValueError):
+        return Problem("other", text)
+    return Problem("other", f"{type(err).__name__}: {text}")
+
+
+# ----------------------------------------------------------------------------- polling
+
+
+def poll(
+    fetch: Callable[[], T],
+    done: Callable[[T], bool],
+    *,
+    what: str,
+    first: float = 10.0,
+    factor: float = 1.5,
+    longest: float = 120.0,
+    timeout: float = 12 * 3600,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    describe: Callable[[T], str] = str,
+    on_change: Callable[[T], None] | None = None,
+) -> T:
+    """Call ``fetch`` until ``done``; the interval grows from ``first`` by ``factor`` up to
+    ``longest`` and the whole wait is bounded by ``timeout`` seconds."""
+    started, interval, last = clock(), first, object()
+    while True:
+        value = fetch()
+        shown = describe(value)
+        if shown != last:
+            last = shown
+            if on_change is not None:
+                on_change(value)
+        if done(value):
+            return value
+        if clock() - started + interval > timeout:
+            raise KaggleError(
+                f"{what}: still {shown} after {clock() - started:.0f}s (limit {timeout:.0f}s); "
+                "run the same command again to keep following it", kind="timeout")
+        sleep(interval)
+        interval = min(interval * factor, longest)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class KernelPush:
+    ref: str
+    version: int
+    url: str
+
+
+@dataclass(frozen=True)
+class KernelStatus:
+    status: str
+    failure_message: str = ""
+
+    def __str__(self) -> str:
+        return self.status + (f" ({self.failure_message})" if self.failure_message else "")
+
+
+@dataclass(frozen=True)
+class SubmissionInfo:
+    ref: int
+    status: str
+    description: str = ""
+    file_name: str = ""
+    date: str = ""
+    public_score: str = ""
+    private_score: str = ""
+    error_description: str = ""
+
+    def __str__(self) -> str:
+        return self.status
+
+
+# ----------------------------------------------------------------------------- the client
+
+
+@contextlib.contextmanager
+def _quiet_import_environment():
+    """``import kaggle`` authenticates at import: keep it silent and off the network."""
+    saved = os.environ.pop("KAGGLE_API_TOKEN", None)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        if saved is not None:
+            os.environ["KAGGLE_API_TOKEN"] = saved
+
+
+def _client_modules():
+    try:
+        with _quiet_import_environment():
+            from kaggle.api.kaggle_api_extended import KaggleApi
+            from kagglesdk import KaggleClient
+            from kagglesdk.kaggle_env import KaggleEnv
+            from kagglesdk.kaggle_http_client import KaggleHttpClient
+    except ImportError as err:
+        raise UserError(
+            f"the Kaggle client is not installed ({err}): pip install 'ichkaggle[kaggle]' (kaggle, six)"
+        ) from None
+    return KaggleApi, KaggleClient, KaggleEnv, KaggleHttpClient
+
+
+def _timeout_adapter(timeout: tuple[float, float]):
+    from requests.adapters import HTTPAdapter
+
+    class TimeoutAdapter(HTTPAdapter):
+        """Every request through the client's session gets a (connect, read) timeout."""
+
+        def send(self, request, **kwargs):
+            if kwargs.get("timeout") is None:
+                kwargs["timeout"] = timeout
+            return super().send(request, **kwargs)
+
+    return TimeoutAdapter(max_retries=0)
+
+
+class KaggleSession:
+    """The configured client plus the retry, error and polling policy of this package."""
+
+    def __init__(
+        self,
+        credentials: Credentials | None = None,
+        *,
+        endpoint: str | None = None,
+        attempts: int = 4,
+        deadline: float = 45.0,
+        first_delay: float = 0.5,
+        max_delay: float = 10.0,
+        timeout: tuple[float, float] = (10.0, 300.0),
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        log: Callable[[str], None] | None = None,
+    ):
+        self.credentials = credentials or find_credentials()
+        self.endpoint = (endpoint or os.environ.get(ENDPOINT_ENV) or "").rstrip("/") or None
+        self.attempts, self.deadline = max(1, attempts), deadline
+        self.first_delay, self.max_delay = first_delay, max_delay
+        self.timeout, self.sleep, self.clock = timeout, sleep, clock
+        self._log = log
+        self._api = None
+        self.secrets = secret_values(self.credentials)
+        if self.credentials.key:
+            self.secrets.append(basic_auth_header(self.credentials).split()[1])
+
+    # -- plumbing
+
+    def log(self, message: str) -> None:
+        message = self.scrub(message)
+        if self._log is not None:
+            self._log(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def scrub(self, text: str) -> str:
+        return scrub(text, self.secrets)
+
+    @property
+    def username(self) -> str:
+        return self.credentials.username
+
+    @property
+    def api(self):
+        """A ``KaggleApi`` whose clients use our credentials, endpoint, timeouts and no retries."""
+        if self._api is None:
+            KaggleApi, KaggleClient, KaggleEnv, KaggleHttpClient = _client_modules()
+            creds, endpoint, adapter = self.credentials, self.endpoint, _timeout_adapter(self.timeout)
+
+            def build_kaggle_client():
+                client = KaggleClient(env=KaggleEnv.PROD, verbose=False, username=creds.username,
+                                      password=None if creds.token else creds.key,
+                                      api_token=creds.key if creds.token else None)
+                http = client._http_client
+                if endpoint:
+                    http._endpoint = endpoint
+                http._signed_in = True  # skip the client's own search for tokens in env and files
+                http._init_session()
+                session = http._session
+                session.auth = KaggleHttpClient.BearerAuth(creds.key) if creds.token else (creds.username, creds.key)
+                session.mount("http://", adapter)
+                session.mount("https://", adapter)
+                return client
+
+            api = KaggleApi()
+            api.config_values = {"username": creds.username}
+            api.build_kaggle_client = build_kaggle_client
+            api.with_retry = lambda func, *args, **kwargs: func  # our call() retries, within a deadline
+            self._api = api
+        return self._api
+
+    def call(self, what: str, fn: Callable[..., T], *args, before_retry: Callable[[], T | None] | None = None,
+             **kwargs) -> T:
+        """``fn(*args, **kwargs)`` with bounded retries of transient failures.
+
+        ``before_retry`` may look whether a failed attempt took effect anyway (e.g. a
+        submission that was created although the answer was a 5xx); a value other than
+        None is returned instead of retrying.
+        """
+        started, delay = self.clock(), self.first_delay
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with _quiet_client_output(self):
+                    return fn(*args, **kwargs)
+            except UserError:
+                raise
+            except Exception as err:  # noqa: BLE001 - every failure becomes a clear message
+                problem = classify(err)
+            elapsed = self.clock() - started
+            if problem.transient and attempt < self.attempts and elapsed + delay <= self.deadline:
+                self.log(f"{what}: {problem.text}; retrying in {delay:.3g}s ({attempt}/{self.attempts - 1})")
+                self.sleep(delay)
+                delay = min(delay * 2, self.max_delay)
+                if before_retry is not None:
+                    found = before_retry()
+                    if found is not None:
+                        return found
+                continue
+            raise self.error(what, problem, attempt, self.clock() - started)
+
+    def error(self, what: str, problem: Problem, attempts: int = 1, elapsed: float = 0.0) -> KaggleError:
+        creds = self.credentials
+        if problem.kind == "auth":
+            text = (f"Kaggle refused the credentials (HTTP 401) of {creds.describe()}: check the username "
+                    f"and key, or {NEW_TOKEN_HELP}")
+        elif problem.kind == "forbidden":
+            text = (f"Kaggle refused access (HTTP 403): {problem.text}. Usual causes: the competition rules are "
+                    f"not accepted yet (https://www.kaggle.com/competitions/{COMPETITION}/rules), the slug belongs "
+                    f"to another user than {creds.username}, or the account is not phone-verified (needed for GPU)")
+        elif problem.kind == "not_found":
+            text = f"not found on Kaggle (HTTP 404): {problem.text}"
+        elif problem.transient:
+            target = self.endpoint or "https://api.kaggle.com"
+            text = (f"{problem.text}; gave up after {attempts} attempt(s) in {elapsed:.0f}s "
+                    f"({target} is down or unreachable?)")
+        else:
+            text = problem.text
+        return KaggleError(self.scrub(f"{what}: {text}"), problem.status, problem.kind)
+
+    # -- kernels
+
+    def push_kernel(self, folder: str | os.PathLike, accelerator: str | None = None,
+                    timeout: int | None = None) -> KernelPush:
+        meta = json.loads((Path(folder) / "kernel-metadata.json").read_text())
+        ref = meta.get("id", str(folder))
+        answer = self.call(f"push kernel {ref}", self.api.kernels_push, str(folder),
+                           None if timeout is None else str(timeout), accelerator)
+        error = getattr(answer, "error", "") or ""
+        if error:
+            raise KaggleError(self.scrub(f"push kernel {ref}: Kaggle refused it: {error}"), kind="refused")
+        invalid = []
+        for name in ("invalid_dataset_sources", "invalid_competition_sources", "invalid_kernel_sources",
+                     "invalid_model_sources"):
+            value = getattr(answer, name, None)
+            if value:
+                invalid.append(f"{name.replace('invalid_', '').replace('_', ' ')}: {value}")
+        version = int(getattr(answer, "version_number", 0) or 0)
+        if invalid:
+            raise KaggleError(self.scrub(
+                f"push kernel {ref}: saved as version {version or '?'} but Kaggle could not attach "
+                + "; ".join(invalid) + " (the run cannot read them offline: push those first or fix the names)"),
+                kind="refused")
+        if not version:
+            raise KaggleError(f"push kernel {ref}: Kaggle's answer has no version number: {answer}", kind="refused")
+        url = getattr(answer, "url", "") or f"https://www.kaggle.com/code/{ref}"
+        return KernelPush(ref, version, url)
+
+    def _versioned(self, what: str, fn: Callable[[str], T], ref: str, version: int | None) -> T:
+        """``fn`` on ``ref/version``; a server that does not know version labels gets ``ref``."""
+        if version:
+            try:
+                return self.call(what, fn, f"{ref}/{version}")
+            except KaggleError as err:
+                if err.status != 404:
+                    raise
+        return self.call(what, fn, ref)
+
+    def kernel_status(self, ref: str, version: int | None = None) -> KernelStatus:
+        answer = self._versioned(f"status of kernel {ref}", self.api.kernels_status, ref, version)
+        status = getattr(answer.status, "name", str(answer.status))
+        return KernelStatus(status, getattr(answer, "failure_message", "") or "")
+
+    def kernel_output(self, ref: str, dest: str | os.PathLike, version: int | None = None,
+                      skip_weights: bool = False) -> tuple[list[Path], Path | None]:
+        """Download a kernel version's outputs (and its log) into ``dest``; (files, log path)."""
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        pattern = r"^(?!.*\.(pth|pt|safetensors|bin)$)" if skip_weights else None
+
+        def fetch(kernel: str):
+            return self.api.kernels_output(kernel, str(dest), file_pattern=pattern, force=True, quiet=True)
+
+        files, _ = self._versioned(f"outputs of kernel {ref}", fetch, ref, version)
+        slug = ref.split("/")[1]
+        paths = [Path(f) for f in files]
+        log = dest / f"{slug}.log"
+        return [p for p in paths if p != log], (log if log.exists() else None)
+
+    def follow_kernels(self, versions: dict[str, int | None], *, first: float = 10.0, longest: float = 120.0,
+                       timeout: float = 12 * 3600, on_change: Callable[[str, KernelStatus], None] | None = None
+                       ) -> dict[str, KernelStatus]:
+        """Poll several kernel versions until each is COMPLETE, ERROR or cancelled."""
+        current: dict[str, KernelStatus] = {}
+
+        def fetch() -> dict[str, KernelStatus]:
+            for ref, version in versions.items():
+                if ref in current and current[ref].status in KERNEL_TERMINAL:
+                    continue
+                status = self.kernel_status(ref, version)
+                if current.get(ref) != status and on_change is not None:
+                    on_change(ref, status)
+                current[ref] = status
+            return dict(current)
+
+        def describe(value: dict[str, KernelStatus]) -> str:
+            return ", ".join(f"{ref.split('/')[1]} {status}" for ref, status in value.items())
+
+        return poll(fetch, lambda v: all(s.status in KERNEL_TERMINAL for s in v.values()),
+                    what="kernels " + ", ".join(versions), first=first, longest=longest, timeout=timeout,
+                    sleep=self.sleep, clock=self.clock, describe=describe)
+
+    # -- datasets
+
+    def dataset_status(self, ref: str) -> str | None:
+        """The dataset's status ("ready", "pending"...), None when it does not exist."""
+        try:
+            return str(self.call(f"status of dataset {ref}", self.api.dataset_status, ref))
+        except KaggleError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def push_dataset(self, folder: str | os.PathLike, notes: str, create: bool) -> str:
+        """A new dataset (``create``) or a new version of it; returns its URL."""
+        meta = json.loads((Path(folder) / "dataset-metadata.json").read_text())
+        ref = meta.get("id", str(folder))
+        if create:
+            what = f"create dataset {ref}"
+            answer = self.call(what, self.api.dataset_create_new, str(folder), public=False, quiet=True,
+                               dir_mode="skip")
+        else:
+            what = f"new version of dataset {ref}"
+            answer = self.call(what, self.api.dataset_create_version, str(folder), notes, quiet=True,
+                               dir_mode="skip")
+        if answer is None:
+            raise KaggleError(f"{what}: no answer from Kaggle", kind="refused")
+        status = str(getattr(answer, "status", "") or "")
+        error = getattr(answer, "error", "") or ""
+        if error or status.lower() != "ok":
+            raise KaggleError(self.scrub(f"{what}: Kaggle refused it (status {status or 'missing'}): "
+                                         f"{error or 'no reason given'}"), kind="refused")
+        if getattr(answer, "invalid_tags", None):
+            self.log(f"{what}: Kaggle ignored the tags {answer.invalid_tags}")
+        return getattr(answer, "url", "") or f"https://www.kaggle.com/datasets/{ref}"
+
+    # -- competitions
+
+    def submissions(self, competition: str = COMPETITION) -> list[SubmissionInfo]:
+        rows = self.call(f"list submissions of {competition}", self.api.competition_submissions, competition) or []
+        out = []
+        for row in rows:
+            if row is None:
+                continue
+            out.append(SubmissionInfo(
+                ref=int(getattr(row, "ref", 0) or 0),
+                status=getattr(row.status, "name", str(row.status)),
+                description=getattr(row, "description", "") or "",
+                file_name=getattr(row, "file_name", "") or "",
+                date=str(getattr(row, "date", "") or ""),
+                public_score=str(getattr(row, "public_score", "") or ""),
+                private_score=str(getattr(row, "private_score", "") or ""),
+                error_description=getattr(row, "error_description", "") or "",
+            ))
+        return out
+
+    def submit(self, csv: str | os.PathLike, message: str, competition: str = COMPETITION) -> int:
+        """Upload and submit ``csv``; returns the submission's ref (0 if Kaggle gave none)."""
+        csv = Path(csv)
+        known = {s.ref for s in self.submissions(competition)}
+
+        def landed() -> int | None:
+            """A submission of this file and message that a failed attempt created anyway."""
+            try:
+                for sub in self.submissions(competition):
+                    if sub.ref not in known and sub.description == message and sub.file_name == csv.name:
+                        return sub.ref
+            except KaggleError:
+                return None
+            return None
+
+        what = f"submit {csv.name} to {competition}"
+        answer = self.call(what, self.api.competition_submit, str(csv), message, competition, quiet=True,
+                           before_retry=landed)
+        if isinstance(answer, int):
+            self.log(f"{what}: the earlier attempt was received after all (submission {answer})")
+            return answer
+        text = getattr(answer, "message", "") or ""
+        ref = int(getattr(answer, "ref", 0) or 0)
+        if text == getattr(self.api, "COMPETITION_SUBMIT_UPLOAD_FAILED_MESSAGE", None):
+            raise KaggleError(f"{what}: the upload of {csv} failed; nothing was submitted", kind="refused")
+        if not ref and "success" not in text.lower():
+            raise KaggleError(self.scrub(f"{what}: Kaggle refused the submission: {text or 'no reason given'}"),
+                              kind="refused")
+        return ref
+
+    def wait_submission(self, ref: int, message: str = "", file_name: str = "", competition: str = COMPETITION, *,
+                        first: float = 10.0, longest: float = 60.0, timeout: float = 2 * 3600,
+                        on_change: Callable[[SubmissionInfo], None] | None = None) -> SubmissionInfo:
+        """Poll the submissions list until this submission is COMPLETE (returned) or ERROR (raised)."""
+
+        def fetch() -> SubmissionInfo:
+            rows = self.submissions(competition)
+            for row in rows:
+                if (ref and row.ref == ref) or (not ref and row.description == message
+                                                and row.file_name == file_name):
+                    return row
+            return SubmissionInfo(ref, "PENDING (not listed yet)")
+
+        info = poll(fetch, lambda s: s.status in SUBMISSION_TERMINAL, what=f"submission {ref}", first=first,
+                    longest=longest, timeout=timeout, sleep=self.sleep, clock=self.clock, on_change=on_change)
+        if info.status == "ERROR":
+            raise KaggleError(self.scrub(f"submission {info.ref} ({info.file_name}) was scored ERROR: "
+                                         f"{info.error_description or 'no reason given'}"), kind="refused")
+        return info
+
+
+@contextlib.contextmanager
+def _quiet_client_output(session: KaggleSession):
+    """What the client prints on its own (progress, hints) is scrubbed and sent to stderr."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        text = buffer.getvalue().strip()
+        if text:
+            session.log(text)
+
+
+def basic_auth_header(credentials: Credentials) -> str:
+    """The Authorization value the client sends (tests use it to look for leaks)."""
+    raw = f"{credentials.username}:{credentials.key}".encode()
+    return "Basic " + base64.b64encode(raw).decode()

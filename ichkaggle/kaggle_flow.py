@@ -1,0 +1,652 @@
+"""Kaggle runs from this machine: render, push, follow, fetch, scale out over folds, submit.
+
+- :func:`render_kernel` / :func:`render_dataset`: a template folder (``kernels/<name>``,
+  ``datasets/<name>``) -> a temporary folder with the user's slug in the metadata, the
+  run's variables (``CONFIG``, ``FOLD``, ``FOLDS``) in the script, only allow-listed files,
+  and no credential (checked);
+- :func:`push_kernels` / :func:`push_dataset`: push through :class:`~.kaggle_api.KaggleSession`,
+  follow the versions with bounded backoff, download the outputs and the log;
+- :func:`run_pipeline`: one train kernel per fold (separate kernels, so Kaggle runs them in
+  parallel and the infer kernel can attach each one's output), then the infer kernel that
+  averages them, then the submission of its CSV; a JSON state file records every pushed
+  version and status, so running the same command again resumes where it stopped
+  (finished kernels are kept, failed ones pushed again);
+- :func:`check_csv` / :func:`submit_csv`: an invalid file is never uploaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+from .kaggle_api import COMPETITION, KERNEL_FAILED, KaggleSession, KernelStatus
+
+PLACEHOLDER_OWNER = "KAGGLE_USERNAME"
+TRAIN = "train"
+INFER = "infer"
+STATE_VERSION = 1
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def warn_if_stale(layout: "Layout") -> None:
+    """The kernels install the pushed bundle: say so when the local one lags the source."""
+    from .bundle import SRC_DATASET, stale_bundle
+
+    reason = stale_bundle(layout.datasets / SRC_DATASET)
+    if reason:
+        _warn(reason)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class Polling:
+    """How to follow Kaggle: first interval, longest interval, overall limit (seconds)."""
+
+    first: float = 15.0
+    longest: float = 120.0
+    timeout: float = 12 * 3600
+    submission_timeout: float = 2 * 3600
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the templates are and where fetched outputs go."""
+
+    kernels: Path
+    datasets: Path
+    out: Path
+
+    @classmethod
+    def find(cls, kernels=None, datasets=None, out=None) -> "Layout":
+        """Templates from the checkout holding the cwd (else the package's own checkout),
+        outputs in its ``runs/kaggle`` (else the cwd's)."""
+        here = _project_dir(Path.cwd().resolve())
+        base = here or _project_dir(Path(__file__).resolve().parent) or Path.cwd()
+        return cls(Path(kernels) if kernels else base / "kernels",
+                   Path(datasets) if datasets else base / "datasets",
+                   Path(out) if out else (here or Path.cwd()) / "runs" / "kaggle")
+
+
+def _project_dir(start: Path) -> Path | None:
+    """``start`` or the first parent holding both kernels/ and datasets/."""
+    for folder in (start, *start.parents):
+        if (folder / "kernels").is_dir() and (folder / "datasets").is_dir():
+            return folder
+    return None
+
+
+def parse_folds(spec: str | None) -> list[int] | None:
+    """``"0-4"``, ``"0,2,4"``, ``"1"``, ``"0-1,3"`` -> sorted fold numbers."""
+    if spec is None:
+        return None
+    folds = set()
+    for part in str(spec).replace(" ", "").split(","):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise UserError(f"--folds {spec!r}: use numbers and ranges, e.g. 0-4 or 0,2,4")
+        lo, hi = int(match.group(1)), int(match.group(2) or match.group(1))
+        if hi < lo:
+            raise UserError(f"--folds {spec!r}: the range {part} is empty")
+        folds.update(range(lo, hi + 1))
+    return sorted(folds)
+
+
+def experiment_folds(config: str, folds: list[int] | None) -> tuple[object, list[int]]:
+    """The experiment (validated here, before any GPU minute) and the folds to run."""
+    from .experiment import load_experiment
+
+    experiment = load_experiment(config)
+    folds = folds if folds is not None else [experiment.data.fold]
+    bad = [f for f in folds if not 0 <= f < experiment.data.n_folds]
+    if bad:
+        raise UserError(f"--folds {bad}: {experiment.name} has n_folds = {experiment.data.n_folds}")
+    return experiment, folds
+
+
+def kernel_config_name(config: str, layout: Layout) -> str:
+    """The name the kernel finds the config by: a bundled config, or a TOML in the src dataset."""
+    from .bundle import SRC_DATASET
+    from .experiment import CONFIG_DIR
+
+    stem = Path(config).stem if Path(config).suffix == ".toml" else Path(config).name
+    if (CONFIG_DIR / f"{stem}.toml").is_file() and (
+            not Path(config).is_file() or Path(config).read_bytes() == (CONFIG_DIR / f"{stem}.toml").read_bytes()):
+        return stem
+    bundled = layout.datasets / SRC_DATASET / f"{stem}.toml"
+    if bundled.is_file() and (not Path(config).is_file() or Path(config).read_bytes() == bundled.read_bytes()):
+        return stem
+    raise UserError(f"config {config} is not in the bundle the kernels install: run "
+                    f"`ichkaggle bundle --config {config}` and `ichkaggle push dataset {SRC_DATASET}` first")
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _template_dir(base: Path, name: str, metadata: str) -> Path:
+    path = Path(name)
+    if (path / metadata).is_file():
+        return path
+    if (base / name / metadata).is_file():
+        return base / name
+    known = sorted(p.name for p in base.iterdir() if (p / metadata).is_file()) if base.is_dir() else []
+    raise UserError(f"{name}: no {metadata} in {base / name} (known: {', '.join(known) or 'none'})")
+
+
+def render_refs(refs, owner: str) -> list[str]:
+    """``KAGGLE_USERNAME/slug`` -> ``owner/slug``; other owners are left alone."""
+    out = []
+    for ref in refs or []:
+        first, _, rest = str(ref).partition("/")
+        out.append(f"{owner}/{rest}" if first == PLACEHOLDER_OWNER and rest else str(ref))
+    return out
+
+
+def set_variables(script: str, variables: dict, where: str = "script") -> str:
+    """Replace the top-level ``NAME = ...`` line of each variable with its value."""
+    for name, value in variables.items():
+        pattern = re.compile(rf"^{re.escape(name)} = .*$", re.MULTILINE)
+        if len(pattern.findall(script)) != 1:
+            raise UserError(f"{where}: expected exactly one line `{name} = ...` to set")
+        script = pattern.sub(lambda _: f"{name} = {value!r}", script)
+    return script
+
+
+def script_variables(script: str) -> set[str]:
+    return set(re.findall(r"^(CONFIG|FOLDS|FOLD) = ", script, re.MULTILINE))
+
+
+def _secrets(session: KaggleSession | None) -> list[str]:
+    from .kaggle_api import secret_values
+
+    return list(session.secrets) if session is not None else secret_values()
+
+
+def render_kernel(template: Path, dest: Path, owner: str, *, slug: str | None = None, title: str | None = None,
+                  variables: dict | None = None, kernel_sources: list[str] | None = None,
+                  secrets: list[str] = ()) -> Path:
+    """Write ``kernel-metadata.json`` and the code file of ``template`` into ``dest``, rendered."""
+    from .bundle import metadata_json, refuse_credentials
+
+    meta = json.loads((template / "kernel-metadata.json").read_text())
+    code_file = meta.get("code_file", "")
+    if not code_file or not (template / code_file).is_file() or Path(code_file).name != code_file:
+        raise UserError(f"{template}/kernel-metadata.json: code_file {code_file!r} is not a file beside it")
+    base_slug = str(meta.get("id", "")).split("/")[-1]
+    meta["id"] = f"{owner}/{slug or base_slug}"
+    if title:
+        meta["title"] = title
+    for key in ("dataset_sources", "kernel_sources", "model_sources"):
+        meta[key] = render_refs(meta.get(key, []), owner)
+    if kernel_sources is not None:
+        meta["kernel_sources"] = list(kernel_sources)
+    meta["enable_internet"] = bool(meta.get("enable_internet", False))  # explicit: the client's default is on
+    meta["is_private"] = bool(meta.get("is_private", True))
+    meta.setdefault("competition_sources", [COMPETITION])
+    script = set_variables((template / code_file).read_text(), variables or {}, str(template / code_file))
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "kernel-metadata.json").write_text(metadata_json(meta))
+    (dest / code_file).write_text(script)
+    refuse_credentials([dest / "kernel-metadata.json", dest / code_file], list(secrets))
+    return dest
+
+
+def render_dataset(folder: Path, dest: Path, owner: str, secrets: list[str] = ()) -> tuple[Path, list[Path]]:
+    """The upload folder of a dataset: rendered metadata + its allow-listed files (linked)."""
+    from .bundle import dataset_files, metadata_json, refuse_credentials, render_dataset_metadata
+
+    meta = render_dataset_metadata(json.loads((folder / "dataset-metadata.json").read_text()), owner)
+    files = dataset_files(folder, folder.name)
+    if not files:
+        hint = "run `ichkaggle bundle`" if folder.name.endswith("-src") else f"see {folder / 'README.md'}"
+        raise UserError(f"{folder}: nothing to upload ({hint})")
+    refuse_credentials(files, list(secrets), folder)
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        try:
+            os.link(path, dest / path.name)
+        except OSError:
+            shutil.copy2(path, dest / path.name)
+    (dest / "dataset-metadata.json").write_text(metadata_json(meta))
+    refuse_credentials([dest / "dataset-metadata.json"], list(secrets))
+    return dest, files
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@dataclass(frozen=True)
+class KernelJob:
+    """One kernel to push: its template, slug, title, script variables and attached outputs."""
+
+    name: str
+    template: Path
+    slug: str
+    title: str
+    variables: dict = field(default_factory=dict)
+    kernel_sources: tuple[str, ...] | None = None
+
+    def ref(self, owner: str) -> str:
+        return f"{owner}/{self.slug}"
+
+
+def kernel_jobs(name: str, owner: str, layout: Layout, config: str, folds: list[int]) -> list[KernelJob]:
+    """The kernels of template ``name``: one per fold when its script has ``FOLD``; one
+    attached to each fold's train kernel when it has ``FOLDS``; else the template as is."""
+    template = _template_dir(layout.kernels, name, "kernel-metadata.json")
+    meta = json.loads((template / "kernel-metadata.json").read_text())
+    slug = str(meta.get("id", "")).split("/")[-1]
+    title = str(meta.get("title") or slug)
+    names = script_variables((template / meta.get("code_file", "")).read_text()) if meta.get("code_file") else set()
+    common = {"CONFIG": kernel_config_name(config, layout)} if "CONFIG" in names else {}
+    if "FOLD" in names:
+        return [KernelJob(template.name, template, f"{slug}-fold{k}", f"{title} fold{k}", {**common, "FOLD": k})
+                for k in folds]
+    if "FOLDS" in names:
+        train = _template_dir(layout.kernels, TRAIN, "kernel-metadata.json")
+        train_slug = str(json.loads((train / "kernel-metadata.json").read_text())["id"]).split("/")[-1]
+        sources = tuple(f"{owner}/{train_slug}-fold{k}" for k in folds)
+        return [KernelJob(template.name, template, slug, title, {**common, "FOLDS": list(folds)}, sources)]
+    return [KernelJob(template.name, template, slug, title, common)]
+
+
+@dataclass
+class PushedKernel:
+    ref: str
+    version: int
+    url: str
+    status: str = "PUSHED"
+    failure_message: str = ""
+    output: str = ""
+    log: str = ""
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def push_job(session: KaggleSession, job: KernelJob, owner: str, accelerator: str | None = None,
+             keep: Path | None = None) -> PushedKernel | Path:
+    """Render ``job`` and push it; with ``keep`` only render into that folder (a dry run)."""
+    if keep is not None:
+        dest = keep / job.slug
+        if dest.exists():
+            shutil.rmtree(dest)
+        return render_kernel(job.template, dest, owner, slug=job.slug, title=job.title, variables=job.variables,
+                             kernel_sources=None if job.kernel_sources is None else list(job.kernel_sources),
+                             secrets=_secrets(session))
+    with tempfile.TemporaryDirectory(prefix="ichkaggle-kernel-") as tmp:
+        folder = render_kernel(job.template, Path(tmp) / job.slug, owner, slug=job.slug, title=job.title,
+                               variables=job.variables,
+                               kernel_sources=None if job.kernel_sources is None else list(job.kernel_sources),
+                               secrets=session.secrets)
+        pushed = session.push_kernel(folder, accelerator=accelerator)
+    return PushedKernel(pushed.ref, pushed.version, pushed.url)
+
+
+def log_text(path: Path) -> str:
+    """Kaggle's log (a JSON list of {stream_name, time, data}) as plain text."""
+    raw = path.read_text(errors="replace")
+    try:
+        entries = json.loads(raw)
+        return "".join(str(e.get("data", "")) for e in entries if isinstance(e, dict))
+    except ValueError:
+        return raw
+
+
+def fetch_outputs(session: KaggleSession, kernel: PushedKernel, out: Path, weights: bool = False,
+                  log: Callable[[str], None] = _print) -> None:
+    """Download a finished version's outputs (weights only if asked) and its log."""
+    slug = kernel.ref.split("/")[1]
+    dest = out / slug / f"v{kernel.version}"
+    files, log_path = session.kernel_output(kernel.ref, dest, kernel.version, skip_weights=not weights)
+    kernel.output = str(dest)
+    if log_path is not None:
+        text_path = log_path.with_name(log_path.name + ".txt")
+        text_path.write_text(session.scrub(log_text(log_path)))
+        kernel.log = str(text_path)
+    log(f"  {slug} v{kernel.version}: {len(files)} output file(s) in {dest}"
+        + (f"; log: {kernel.log}" if kernel.log else "; no log"))
+
+
+def log_tail(path: str, lines: int = 15) -> str:
+    if not path or not Path(path).is_file():
+        return ""
+    tail = Path(path).read_text(errors="replace").rstrip().splitlines()[-lines:]
+    return "\n".join("    | " + line for line in tail)
+
+
+def follow(session: KaggleSession, kernels: list[PushedKernel], polling: Polling, out: Path,
+           weights: bool = False, save: Callable[[], None] = lambda: None,
+           log: Callable[[str], None] = _print) -> list[PushedKernel]:
+    """Poll the versions until each ends, fetch each one's outputs and log; returns the failed."""
+    by_ref = {k.ref: k for k in kernels}
+
+    def changed(ref: str, status: KernelStatus) -> None:
+        kernel = by_ref[ref]
+        kernel.status, kernel.failure_message = status.status, status.failure_message
+        log(f"  {ref} v{kernel.version}: {status}")
+        save()
+
+    pending = {k.ref: k.version for k in kernels if k.status not in ("COMPLETE", *KERNEL_FAILED)}
+    if pending:
+        session.follow_kernels(pending, first=polling.first, longest=polling.longest, timeout=polling.timeout,
+                               on_change=changed)
+    for kernel in kernels:
+        if not kernel.output or not Path(kernel.output).is_dir():
+            try:
+                fetch_outputs(session, kernel, out, weights and kernel.status == "COMPLETE", log)
+            except UserError as err:
+                if kernel.status == "COMPLETE":
+                    raise
+                log(f"  {kernel.ref} v{kernel.version}: no outputs or log to fetch ({err})")
+            save()
+    return [k for k in kernels if k.status != "COMPLETE"]
+
+
+def failure_text(failed: list[PushedKernel]) -> str:
+    parts = []
+    for kernel in failed:
+        text = f"{kernel.ref} v{kernel.version} ended {kernel.status}"
+        if kernel.failure_message:
+            text += f": {kernel.failure_message}"
+        text += f" (log: {kernel.log})" if kernel.log else f" (see {kernel.url})"
+        tail = log_tail(kernel.log)
+        parts.append(text + (f"\n  last lines of the log:\n{tail}" if tail else ""))
+    return "\n".join(parts)
+
+
+def push_kernels(session: KaggleSession, name: str, owner: str, layout: Layout, config: str,
+                 folds: list[int] | None, *, wait: bool, polling: Polling = Polling(),
+                 accelerator: str | None = None, weights: bool = True, dry_run: Path | None = None,
+                 log: Callable[[str], None] = _print) -> list[PushedKernel]:
+    """``ichkaggle push kernel NAME``: push (one version per fold for train), and with ``wait``
+    follow them to the end and download the outputs; raises if any ended in ERROR."""
+    _, folds = experiment_folds(config, folds)
+    jobs = kernel_jobs(name, owner, layout, config, folds)
+    warn_if_stale(layout)
+    if dry_run is not None:
+        for job in jobs:
+            folder = push_job(session, job, owner, keep=dry_run)
+            log(f"would push {job.ref(owner)} from {folder}:")
+            log("  " + (folder / "kernel-metadata.json").read_text().rstrip().replace("\n", "\n  "))
+        return []
+    pushed = []
+    for job in jobs:
+        kernel = push_job(session, job, owner, accelerator)
+        log(f"pushed {kernel.ref} version {kernel.version}: {kernel.url}")
+        pushed.append(kernel)
+    if not wait:
+        log(f"follow with: ichkaggle push kernel {name} ... --wait, or open the URLs above")
+        return pushed
+    failed = follow(session, pushed, polling, layout.out, weights=weights, log=log)
+    if failed:
+        raise UserError("kernel run(s) failed:\n" + failure_text(failed))
+    return pushed
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def push_dataset(session: KaggleSession, name: str, owner: str, layout: Layout, *, notes: str = "",
+                 wait: bool = False, polling: Polling = Polling(), dry_run: Path | None = None,
+                 log: Callable[[str], None] = _print) -> str:
+    """``ichkaggle push dataset NAME``: a new private dataset the first time, else a new version."""
+    folder = _template_dir(layout.datasets, name, "dataset-metadata.json")
+    if folder.resolve() == (layout.datasets / "ichkaggle-src").resolve():
+        warn_if_stale(layout)
+    if dry_run is not None:
+        dest = dry_run / folder.name
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest, files = render_dataset(folder, dest, owner, _secrets(session))
+        log(f"would upload {len(files)} file(s) from {dest}: " + ", ".join(p.name for p in files))
+        log("  " + (dest / "dataset-metadata.json").read_text().rstrip().replace("\n", "\n  "))
+        return str(dest)
+    with tempfile.TemporaryDirectory(prefix="ichkaggle-dataset-") as tmp:
+        dest, files = render_dataset(folder, Path(tmp) / folder.name, owner, session.secrets)
+        ref = json.loads((dest / "dataset-metadata.json").read_text())["id"]
+        exists = session.dataset_status(ref) is not None
+        size = sum(p.stat().st_size for p in files)
+        log(f"{'new version of' if exists else 'creating'} dataset {ref}: {len(files)} file(s), "
+            f"{size / 2**20:.1f} MiB")
+        url = session.push_dataset(dest, notes or f"ichkaggle {time.strftime('%Y-%m-%d %H:%M')}", create=not exists)
+    log(f"pushed dataset {ref}: {url}")
+    if wait:
+        from .kaggle_api import poll
+
+        status = poll(lambda: session.dataset_status(ref) or "missing",
+                      lambda s: s in ("ready", "failed", "deleted"), what=f"dataset {ref}",
+                      first=polling.first, longest=polling.longest, timeout=polling.timeout,
+                      sleep=session.sleep, clock=session.clock, on_change=lambda s: log(f"  {ref}: {s}"))
+        if status != "ready":
+            raise UserError(f"dataset {ref} ended {status}: see {url}")
+    return url
+
+
+# ----------------------------------------------------------------------------- submissions
+
+
+def self_check(csv: Path):
+    """A check without the sample: header, IDs, six rows per image, numbers in [0, 1]
+    (which images belong to the test set can only be checked with --sample)."""
+    import pandas as pd
+
+    from .errors import TableError
+    from .submission import check_submission
+
+    try:
+        ids = pd.read_csv(csv, usecols=["ID"], dtype=str, keep_default_na=False)["ID"]
+        sample = pd.DataFrame({"ID": pd.unique(ids.to_numpy(dtype=object))})
+    except ValueError:  # no ID column: the check reports the header
+        sample = pd.DataFrame({"ID": pd.Series([], dtype=object)})
+    try:
+        return check_submission(csv, sample)
+    except TableError as err:
+        raise UserError(f"{csv}: not a valid submission: "
+                        + str(err).replace("the sample submission", "it").replace("; is it a sample submission?", ""))
+
+
+def check_csv(csv: str | os.PathLike, sample: str | os.PathLike | None = None) -> list[str]:
+    """The check's lines; raises UserError (nothing is uploaded) when the file is invalid."""
+    from .submission import check_submission
+
+    csv = Path(csv)
+    if not csv.is_file():
+        raise UserError(f"{csv}: no such file")
+    if sample is not None and not Path(sample).is_file():
+        raise UserError(f"--sample {sample}: no such file")
+    report = check_submission(csv, sample) if sample is not None else self_check(csv)
+    lines = report.lines()
+    if not report.ok:
+        raise UserError(f"{csv} is not a valid submission; nothing was uploaded:\n" + "\n".join(lines))
+    if sample is None:
+        lines.append("(no --sample: the IDs were checked for consistency, not against the sample submission)")
+    return lines
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def submit_csv(session: KaggleSession | None, csv: str | os.PathLike, message: str, *,
+               sample: str | os.PathLike | None = None, competition: str = COMPETITION, wait: bool = False,
+               dry_run: bool = False, polling: Polling = Polling(first=10.0, longest=60.0),
+               credentials=None, checked: list[str] | None = None,
+               log: Callable[[str], None] = _print) -> dict:
+    """``ichkaggle submit``: check (unless ``checked`` holds the check's lines already), then
+    submit, then (``wait``) poll until scored."""
+    csv = Path(csv)
+    if not message.strip():
+        raise UserError("-m MESSAGE: a submission needs a description")
+    for line in checked if checked is not None else check_csv(csv, sample):
+        log(line)
+    if dry_run:
+        creds = credentials if credentials is not None else (session.credentials if session else None)
+        size = csv.stat().st_size
+        log(f"dry run: would submit {csv} ({size / 2**20:.1f} MiB, sha256 {file_sha256(csv)[:16]}...) to "
+            f"{competition} as {creds.describe() if creds else '?'} with message {message!r}"
+            + ("; then poll the submissions list until it is scored" if wait else ""))
+        return {"dry_run": True}
+    ref = session.submit(csv, message, competition)
+    log(f"submitted {csv.name} to {competition}" + (f" (submission {ref})" if ref else ""))
+    result = {"ref": ref, "status": "PENDING", "file": str(csv), "message": message}
+    if not wait:
+        log(f"see https://www.kaggle.com/competitions/{competition}/submissions")
+        return result
+    info = session.wait_submission(ref, message, csv.name, competition, first=polling.first,
+                                   longest=polling.longest, timeout=polling.submission_timeout,
+                                   on_change=lambda s: log(f"  submission {s.ref or ref}: {s.status}"))
+    log(f"scored: public {info.public_score or '-'}, private {info.private_score or '-'}")
+    result.update(status=info.status, public_score=info.public_score, private_score=info.private_score)
+    return result
+
+
+# ----------------------------------------------------------------------------- the pipeline
+
+
+class RunState:
+    """The pipeline's JSON state file: what was pushed, each version's status, the submission."""
+
+    def __init__(self, path: Path, data: dict):
+        self.path, self.data = path, data
+
+    @classmethod
+    def load(cls, path: Path, identity: dict) -> "RunState":
+        if path.is_file():
+            data = json.loads(path.read_text())
+            theirs = {k: data.get(k) for k in identity}
+            if theirs != identity:
+                raise UserError(f"{path} belongs to another run ({theirs}, not {identity}): "
+                                "pass another --state or delete it to start over")
+            return cls(path, data)
+        return cls(path, {"version": STATE_VERSION, **identity, "kernels": {}, "submission": None})
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)
+
+    def kernel(self, ref: str) -> PushedKernel | None:
+        entry = self.data["kernels"].get(ref)
+        return PushedKernel(**entry) if entry else None
+
+    def put(self, kernel: PushedKernel) -> None:
+        self.data["kernels"][kernel.ref] = kernel.as_dict()
+        self.save()
+
+
+def _stage(session: KaggleSession, state: RunState, jobs: list[KernelJob], owner: str, polling: Polling,
+           out: Path, accelerator: str | None, log: Callable[[str], None]) -> list[PushedKernel]:
+    """Push what is not pushed yet (or failed), follow everything, fetch outputs; raise on failure."""
+    kernels = []
+    for job in jobs:
+        ref = job.ref(owner)
+        kernel = state.kernel(ref)
+        if kernel is not None and kernel.status not in KERNEL_FAILED:
+            log(f"{ref}: version {kernel.version} already pushed ({kernel.status})")
+        else:
+            if kernel is not None:
+                log(f"{ref}: version {kernel.version} ended {kernel.status}; pushing it again")
+            kernel = push_job(session, job, owner, accelerator)
+            log(f"pushed {ref} version {kernel.version}: {kernel.url}")
+            state.put(kernel)
+        kernels.append(kernel)
+
+    def save() -> None:
+        for kernel in kernels:
+            state.data["kernels"][kernel.ref] = kernel.as_dict()
+        state.save()
+
+    failed = follow(session, kernels, polling, out, weights=False, save=save, log=log)
+    if failed:
+        raise UserError("kernel run(s) failed:\n" + failure_text(failed) + "\nfix the cause (then `ichkaggle "
+                        "bundle` + `push dataset` if the code changed) and run the same command again: finished "
+                        "kernels are kept, failed ones are pushed again")
+    return kernels
+
+
+def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config: str, folds: list[int] | None, *,
+                 message: str | None = None, submit: bool = True, sample: str | os.PathLike | None = None,
+                 state_path: Path | None = None, polling: Polling = Polling(), accelerator: str | None = None,
+                 competition: str = COMPETITION, log: Callable[[str], None] = _print) -> dict:
+    """Train every fold on Kaggle (in parallel), infer with their average, submit; resumable."""
+    experiment, folds = experiment_folds(config, folds)
+    train_jobs = kernel_jobs(TRAIN, owner, layout, config, folds)
+    infer_jobs = kernel_jobs(INFER, owner, layout, config, folds)
+    identity = {"config": kernel_config_name(config, layout), "folds": folds, "owner": owner}
+    state_path = state_path or layout.out / f"{identity['config']}-folds{'-'.join(map(str, folds))}.json"
+    state = RunState.load(Path(state_path), identity)
+    warn_if_stale(layout)
+    log(f"run {experiment.name}, folds {folds}, as {owner}; state: {state.path}")
+
+    log(f"[1/3] train: {len(train_jobs)} kernel(s), one per fold, run in parallel by Kaggle")
+    _stage(session, state, train_jobs, owner, polling, layout.out, accelerator, log)
+    log("[2/3] infer: the folds averaged (TTA) into submission.csv")
+    infer, = _stage(session, state, infer_jobs, owner, polling, layout.out, accelerator, log)
+    csv = Path(infer.output) / "submission.csv"
+    if not csv.is_file():
+        raise UserError(f"{infer.ref} v{infer.version} finished without submission.csv in {infer.output} "
+                        f"(log: {infer.log or infer.url})")
+    if not submit:
+        log(f"[3/3] submission skipped (--no-submit): {csv}")
+        return state.data
+    log("[3/3] submit")
+    digest = file_sha256(csv)
+    previous = state.data.get("submission")
+    if previous and previous.get("sha256") == digest and previous.get("status") in ("COMPLETE", "ERROR"):
+        log(f"  this file was submitted already (submission {previous.get('ref')}): {previous.get('status')}, "
+            f"public {previous.get('public_score') or '-'}, private {previous.get('private_score') or '-'}")
+        if previous.get("status") == "ERROR":
+            raise UserError(f"submission {previous.get('ref')} of {csv} was scored ERROR: "
+                            f"{previous.get('error') or 'see the submissions page'}")
+        return state.data
+    message = message or f"ichkaggle {experiment.name} folds {','.join(map(str, folds))} ({infer.ref} v{infer.version})"
+    if previous and previous.get("sha256") == digest and previous.get("ref"):
+        ref = int(previous["ref"])  # submitted before the last run stopped: only follow it
+        log(f"  following submission {ref} (submitted before)")
+    else:
+        for line in check_csv(csv, sample):
+            log("  " + line)
+        ref = session.submit(csv, message, competition)
+        state.data["submission"] = {"ref": ref, "sha256": digest, "file": str(csv), "message": message,
+                                    "status": "PENDING"}
+        state.save()
+        log(f"  submitted {csv} (submission {ref})")
+    entry = state.data["submission"]
+    try:
+        info = session.wait_submission(ref, message, csv.name, competition, first=polling.first,
+                                       longest=min(polling.longest, 60.0), timeout=polling.submission_timeout,
+                                       on_change=lambda s: log(f"  submission {ref}: {s.status}"))
+    except UserError as err:
+        if getattr(err, "kind", "") == "refused":
+            entry.update(status="ERROR", error=str(err))
+            state.save()
+        raise
+    entry.update(status=info.status, public_score=info.public_score, private_score=info.private_score)
+    state.save()
+    log(f"scored: public {info.public_score or '-'}, private {info.private_score or '-'}")
+    return state.data

@@ -1,0 +1,345 @@
+"""`ichkaggle push` and `ichkaggle submit` end to end: the CLI, the REAL kaggle client, a fake server.
+
+Every test also checks that the API key appears nowhere: not in what was printed, not in
+any file written (outputs, logs, state, rendered folders, bundles), not in any request the
+server saw outside the Authorization header.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+if importlib.util.find_spec("kaggle") is None:  # find, not import: `import kaggle` prints at import
+    pytest.skip("the kaggle extra is not installed", allow_module_level=True)
+
+from ichkaggle.bundle import build_bundle  # noqa: E402
+from ichkaggle.cli import main  # noqa: E402
+from ichkaggle.kaggle_flow import parse_folds, set_variables  # noqa: E402
+from ichkaggle.labels import long_ids  # noqa: E402
+
+from .fake_kaggle import files_containing, kaggle_env  # noqa: E402,F401,F811  (a fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--poll", "0.01"]
+
+
+@pytest.fixture
+def work(kaggle_env, tmp_path, monkeypatch, capsys):
+    """The fake server, cwd = the checkout (its kernels/ and datasets/ templates), outputs in
+    tmp; after the test: the key is in no output, file or request body."""
+    monkeypatch.chdir(ROOT)
+    yield kaggle_env
+    key = kaggle_env.key
+    printed = capsys.readouterr()
+    assert key not in printed.out and key not in printed.err
+    assert files_containing(tmp_path, key) == []
+    assert key not in kaggle_env.all_text()
+    for record in kaggle_env.requests:
+        assert all(key not in str(v) for k, v in record.headers.items())  # Basic auth is base64, not the key
+
+
+def _submission(tmp_path: Path, n: int = 5, bad: bool = False) -> tuple[Path, Path]:
+    ids = [f"ID_{i:09x}" for i in range(1, n + 1)]
+    rows = long_ids(ids)
+    sample = tmp_path / "sample.csv"
+    pd.DataFrame({"ID": rows, "Label": 0.5}).to_csv(sample, index=False)
+    values = np.linspace(0.01, 0.99, len(rows))
+    if bad:
+        values[3] = 1.5
+    csv = tmp_path / "submission.csv"
+    pd.DataFrame({"ID": rows, "Label": values}).to_csv(csv, index=False)
+    return csv, sample
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+def test_parse_folds_and_set_variables():
+    assert parse_folds("0-4") == [0, 1, 2, 3, 4] and parse_folds("3,0-1") == [0, 1, 3] and parse_folds(None) is None
+    for bad in ("a", "3-1", "1-"):
+        with pytest.raises(Exception, match="--folds"):
+            parse_folds(bad)
+    script = 'CONFIG = "exp_00"\nFOLD = 0\nx = FOLD\n'
+    assert set_variables(script, {"CONFIG": "b0_baseline", "FOLD": 3}) == "CONFIG = 'b0_baseline'\nFOLD = 3\nx = FOLD\n"
+    with pytest.raises(Exception, match="FOLDS"):
+        set_variables(script, {"FOLDS": [1]})
+
+
+@pytest.mark.parametrize("command", ["bundle", "push", "submit"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0 and f"ichkaggle {command}" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- push kernel
+
+
+def test_push_kernel_train_per_fold_waits_and_fetches_outputs(work, tmp_path, capsys):
+    fake = work
+    fake.kernel_outputs["ichkaggle-train-fold0"] = {"fold0/metrics.json": b"{}", "fold0/models/final.pth": b"w" * 9}
+    code = main(["push", "kernel", "train", "--folds", "0-1", "--wait", "--out", str(tmp_path / "runs"), *FAST])
+    out = capsys.readouterr().out
+    assert code == 0
+    saves = fake.calls("SaveKernel")
+    assert [s.json["slug"] for s in saves] == ["alice/ichkaggle-train-fold0", "alice/ichkaggle-train-fold1"]
+    for fold, save in enumerate(saves):
+        body = save.json
+        assert body["newTitle"] == f"ichkaggle train fold{fold}"
+        assert body["isPrivate"] is True and body["enableGpu"] is True and not body.get("enableInternet", False)
+        assert body["datasetDataSources"] == ["alice/ichkaggle-src", "alice/ichkaggle-timm-weights"]
+        assert body["competitionDataSources"] == ["rsna-intracranial-hemorrhage-detection"]
+        assert f"\nFOLD = {fold}\n" in body["text"] and "\nCONFIG = 'exp_00'\n" in body["text"]
+        assert "--no-index" in body["text"]
+    fold0 = tmp_path / "runs" / "ichkaggle-train-fold0" / "v1"
+    assert (fold0 / "fold0" / "metrics.json").exists()
+    assert not (fold0 / "fold0" / "models" / "final.pth").exists()  # weights only with --weights
+    log = fold0 / "ichkaggle-train-fold0.log.txt"
+    assert log.read_text() == "version 1 ran" and f"log: {log}" in out
+    assert "COMPLETE" in out
+
+
+def test_push_kernel_infer_dry_run_renders_the_sources(work, tmp_path, capsys):
+    fake = work
+    render = tmp_path / "render"
+    assert main(["push", "kernel", "infer", "--folds", "0-2", "--dry-run", str(render)]) == 0
+    meta = json.loads((render / "ichkaggle-infer" / "kernel-metadata.json").read_text())
+    assert meta["id"] == "alice/ichkaggle-infer" and meta["enable_internet"] is False
+    assert meta["kernel_sources"] == [f"alice/ichkaggle-train-fold{k}" for k in range(3)]
+    assert "\nFOLDS = [0, 1, 2]\n" in (render / "ichkaggle-infer" / "infer.py").read_text()
+    assert sorted(p.name for p in (render / "ichkaggle-infer").iterdir()) == ["infer.py", "kernel-metadata.json"]
+    assert fake.requests == []  # a dry run sends nothing
+    assert "would push alice/ichkaggle-infer" in capsys.readouterr().out
+
+
+def test_a_kernel_ending_in_error_exits_non_zero_with_its_log(work, tmp_path, capsys):
+    fake = work
+    fake.kernel_scripts["ichkaggle-train-fold0"] = ["RUNNING", "ERROR"]
+    fake.kernel_failure["ichkaggle-train-fold0"] = "Your notebook tried to allocate more memory than is available"
+    code = main(["push", "kernel", "train", "--wait", "--out", str(tmp_path / "runs"), *FAST])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "ichkaggle-train-fold0 v1 ended ERROR: Your notebook tried to allocate more memory" in err
+    assert "ichkaggle-train-fold0.log.txt" in err and "| version 1 ran" in err
+
+
+def test_save_kernel_error_exits_non_zero(work, capsys):
+    work.save_kernel_error = "Maximum number of concurrent GPU sessions reached"
+    assert main(["push", "kernel", "train", "--folds", "1"]) == 2
+    assert "refused it: Maximum number of concurrent GPU sessions reached" in capsys.readouterr().err
+
+
+def test_a_config_missing_from_the_bundle_is_refused_before_pushing(work, tmp_path, capsys):
+    config = tmp_path / "mine.toml"
+    config.write_text((ROOT / "ichkaggle" / "configs" / "demo.toml").read_text())
+    assert main(["push", "kernel", "train", "--config", str(config), "--datasets-dir", str(tmp_path / "d")]) == 2
+    assert "ichkaggle bundle --config" in capsys.readouterr().err and work.requests == []
+
+
+# ----------------------------------------------------------------------------- push dataset
+
+
+def test_push_dataset_creates_then_versions_with_the_bundle_bytes(work, tmp_path, capsys):
+    fake = work
+    datasets = tmp_path / "datasets"
+    result = build_bundle(datasets / "ichkaggle-src", "alice")
+    (datasets / "ichkaggle-src" / "notes.md").write_text("not uploaded")
+    args = ["push", "dataset", "ichkaggle-src", "--datasets-dir", str(datasets), "--wait", *FAST]
+    assert main(args) == 0
+    assert main([*args, "--notes", "new wheel"]) == 0
+    versions = fake.datasets["alice/ichkaggle-src"]
+    assert len(versions) == 2 and versions[1]["notes"] == "new wheel"
+    expected = {p.name: p.read_bytes() for p in result.files if p.name != "dataset-metadata.json"}
+    assert versions[0]["files"] == expected and versions[1]["files"] == expected
+    create = fake.calls("CreateDataset")[0].json
+    assert create["ownerSlug"] == "alice" and create["slug"] == "ichkaggle-src" and create["isPrivate"] is True
+    out = capsys.readouterr().out
+    assert "creating dataset alice/ichkaggle-src" in out and "new version of dataset" in out
+
+
+def test_a_stale_bundle_is_flagged(work, tmp_path, capsys):
+    datasets = tmp_path / "datasets"
+    result = build_bundle(datasets / "ichkaggle-src", "alice")
+    assert main(["push", "kernel", "train", "--datasets-dir", str(datasets), "--dry-run", str(tmp_path / "r")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    result.wheel.write_bytes(b"an old wheel")
+    assert main(["push", "kernel", "train", "--datasets-dir", str(datasets), "--dry-run", str(tmp_path / "r")]) == 0
+    assert "is not what the source builds now: run `ichkaggle bundle`" in capsys.readouterr().err
+
+
+def test_push_dataset_weights_uploads_only_the_weights(work, tmp_path):
+    fake = work
+    datasets = tmp_path / "datasets"
+    folder = datasets / "ichkaggle-timm-weights"
+    folder.mkdir(parents=True)
+    for name in ("dataset-metadata.json", "README.md", "fetch_weights.py"):
+        (folder / name).write_bytes((ROOT / "datasets" / "ichkaggle-timm-weights" / name).read_bytes())
+    (folder / "efficientnet_b0.safetensors").write_bytes(b"\1" * 1000)
+    assert main(["push", "dataset", "ichkaggle-timm-weights", "--datasets-dir", str(datasets)]) == 0
+    assert fake.datasets["alice/ichkaggle-timm-weights"][0]["files"] == {"efficientnet_b0.safetensors": b"\1" * 1000}
+
+
+def test_push_dataset_refuses_a_credential(work, tmp_path, capsys):
+    datasets = tmp_path / "datasets"
+    folder = datasets / "stuff-data"
+    folder.mkdir(parents=True)
+    (folder / "dataset-metadata.json").write_text('{"id": "KAGGLE_USERNAME/stuff-data"}')
+    (folder / "kaggle.json").write_text("{}")
+    assert main(["push", "dataset", "stuff-data", "--datasets-dir", str(datasets)]) == 2
+    assert "kaggle.json" in capsys.readouterr().err and work.requests == []
+
+
+def test_push_dataset_without_a_bundle_says_what_to_do(work, tmp_path, capsys):
+    folder = tmp_path / "datasets" / "ichkaggle-src"
+    folder.mkdir(parents=True)
+    (folder / "dataset-metadata.json").write_text('{"id": "KAGGLE_USERNAME/ichkaggle-src"}')
+    assert main(["push", "dataset", "ichkaggle-src", "--datasets-dir", str(tmp_path / "datasets")]) == 2
+    assert "ichkaggle bundle" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- submit
+
+
+def test_submit_checks_uploads_waits_and_prints_the_scores(work, tmp_path, capsys):
+    fake = work
+    csv, sample = _submission(tmp_path)
+    code = main(["submit", str(csv), "-m", "b5 five folds", "--sample", str(sample), "--wait", *FAST])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert fake.submissions[0].data == csv.read_bytes() and fake.submissions[0].description == "b5 five folds"
+    assert "OK: 30 rows" in out and "public 0.07123, private 0.07456" in out
+
+
+def test_an_invalid_file_is_never_uploaded(work, tmp_path, capsys):
+    csv, sample = _submission(tmp_path, bad=True)
+    assert main(["submit", str(csv), "-m", "x", "--sample", str(sample)]) == 2
+    err = capsys.readouterr().err
+    assert "out-of-range" in err and "nothing was uploaded" in err
+    assert main(["submit", str(csv), "-m", "x"]) == 2  # the self-check catches it too
+    assert work.requests == []
+
+
+def test_submit_dry_run_sends_nothing(work, tmp_path, capsys):
+    csv, _ = _submission(tmp_path)
+    assert main(["submit", str(csv), "-m", "try", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: would submit" in out and "user alice" in out and "not against the sample" in out
+    assert work.requests == []
+
+
+def test_submit_retries_a_5xx(work, tmp_path, capsys):
+    fake = work
+    fake.fail("StartSubmissionUpload", 503)
+    csv, sample = _submission(tmp_path)
+    assert main(["submit", str(csv), "-m", "x", "--sample", str(sample)]) == 0
+    assert len(fake.submissions) == 1 and "retrying" in capsys.readouterr().err
+
+
+def test_submit_401_is_a_clear_error(work, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KAGGLE_KEY", "0" * 32)  # the server expects another key
+    csv, sample = _submission(tmp_path)
+    assert main(["submit", str(csv), "-m", "x", "--sample", str(sample)]) == 2
+    err = capsys.readouterr().err
+    assert "HTTP 401" in err and "KAGGLE_USERNAME/KAGGLE_KEY" in err and "0" * 32 not in err
+
+
+def test_a_submission_scored_error_exits_non_zero(work, tmp_path, capsys):
+    work.submission_script = ["PENDING", "ERROR"]
+    csv, sample = _submission(tmp_path)
+    assert main(["submit", str(csv), "-m", "x", "--sample", str(sample), "--wait", *FAST]) == 2
+    assert "scored ERROR: Submission CSV has the wrong number of rows" in capsys.readouterr().err
+
+
+def test_a_down_server_is_a_quick_clear_error(work, tmp_path, monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("ICHKAGGLE_KAGGLE_ENDPOINT", f"http://127.0.0.1:{port}")
+    csv, sample = _submission(tmp_path)
+    assert main(["submit", str(csv), "-m", "x", "--sample", str(sample)]) == 2
+    assert "cannot connect to 127.0.0.1" in capsys.readouterr().err
+
+
+def test_no_credentials_is_a_clear_error(work, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("KAGGLE_KEY")
+    csv, sample = _submission(tmp_path)
+    assert main(["submit", str(csv), "-m", "x", "--sample", str(sample)]) == 2
+    assert "no Kaggle credentials" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- push run (the pipeline)
+
+
+def _infer_outputs(tmp_path: Path) -> dict:
+    csv, _ = _submission(tmp_path)
+    return {"submission.csv": csv.read_bytes(), "ichkaggle_infer.json": b'{"kind": "ichkaggle-infer"}'}
+
+
+def test_run_trains_folds_infers_and_submits_then_resumes_without_repeating(work, tmp_path, capsys):
+    fake = work
+    fake.kernel_outputs["ichkaggle-infer"] = _infer_outputs(tmp_path)
+    args = ["push", "run", "--folds", "0-2", "-m", "three folds", "--out", str(tmp_path / "runs"), *FAST]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    saves = [s.json["slug"] for s in fake.calls("SaveKernel")]
+    assert saves == [f"alice/ichkaggle-train-fold{k}" for k in range(3)] + ["alice/ichkaggle-infer"]
+    infer = fake.calls("SaveKernel")[3].json
+    assert infer["kernelDataSources"] == [f"alice/ichkaggle-train-fold{k}" for k in range(3)]
+    assert "\nFOLDS = [0, 1, 2]\n" in infer["text"]
+    assert len(fake.submissions) == 1 and fake.submissions[0].description == "three folds"
+    assert fake.submissions[0].data == _infer_outputs(tmp_path)["submission.csv"]
+    assert "public 0.07123, private 0.07456" in out
+    state = json.loads((tmp_path / "runs" / "exp_00-folds0-1-2.json").read_text())
+    assert {k["status"] for k in state["kernels"].values()} == {"COMPLETE"}
+    assert state["submission"]["status"] == "COMPLETE" and state["submission"]["ref"] == 1000
+    # again: nothing is pushed or submitted twice
+    requests = len(fake.requests)
+    assert main(args) == 0
+    assert len(fake.calls("SaveKernel")) == 4 and len(fake.submissions) == 1
+    assert len(fake.requests) == requests
+    assert "submitted already" in capsys.readouterr().out
+
+
+def test_run_resumes_after_a_failed_fold_pushing_only_that_fold(work, tmp_path, capsys):
+    fake = work
+    fake.kernel_outputs["ichkaggle-infer"] = _infer_outputs(tmp_path)
+    fake.kernel_scripts["ichkaggle-train-fold1"] = ["RUNNING", "ERROR"]
+    args = ["push", "run", "--folds", "0-1", "--out", str(tmp_path / "runs"), "--no-submit", *FAST]
+    assert main(args) == 2
+    assert "ichkaggle-train-fold1 v1 ended ERROR" in capsys.readouterr().err
+    assert [s.json["slug"] for s in fake.calls("SaveKernel")] == ["alice/ichkaggle-train-fold0",
+                                                                  "alice/ichkaggle-train-fold1"]
+    fake.kernel_scripts["ichkaggle-train-fold1"] = ["RUNNING", "COMPLETE"]
+    assert main(args) == 0
+    slugs = [s.json["slug"] for s in fake.calls("SaveKernel")]
+    assert slugs[2:] == ["alice/ichkaggle-train-fold1", "alice/ichkaggle-infer"]
+    out = capsys.readouterr().out
+    assert "version 1 already pushed (COMPLETE)" in out and "submission skipped" in out
+    assert fake.submissions == []
+
+
+def test_run_state_of_another_run_is_refused(work, tmp_path, capsys):
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"config": "b0_baseline", "folds": [0], "owner": "alice", "kernels": {}}))
+    assert main(["push", "run", "--state", str(state), "--no-submit", *FAST]) == 2
+    assert "belongs to another run" in capsys.readouterr().err and work.requests == []
+
+
+def test_a_failed_kernel_without_outputs_still_reports_its_failure(work, tmp_path, capsys):
+    fake = work
+    fake.kernel_scripts["ichkaggle-train-fold0"] = ["ERROR"]
+    fake.kernel_failure["ichkaggle-train-fold0"] = "Kernel startup failed"
+    fake.fail("ListKernelSessionOutput", 404, times=2)  # the version, then the kernel
+    assert main(["push", "kernel", "train", "--wait", "--out", str(tmp_path / "runs"), *FAST]) == 2
+    printed = capsys.readouterr()
+    assert "no outputs or log to fetch" in printed.out
+    assert "ended ERROR: Kernel startup failed (see https://www.kaggle.com/code/alice/ichkaggle-train-fold0)" \
+        in printed.err
