@@ -99,12 +99,15 @@ def main(argv=None) -> int:
             loader = iter(dls.train)
             return next(loader)
 
+    def plain(batch):  # fastai's typed tensors -> plain tensors for the raw torch loop
+        return [t.as_subclass(torch.Tensor) for t in batch]
+
     def real_train():
-        xb, yb = next_batch()
+        xb, yb = plain(next_batch())
         step(xb.contiguous(memory_format=torch.channels_last) if cuda else xb, yb.float())
 
     def real_infer():
-        xb, _ = next_batch()
+        xb, _ = plain(next_batch())
         infer(xb)
 
     rows = [
