@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .files import sha256_file, write_atomic
 
 SRC_DATASET = "ichkaggle-src"
 PLACEHOLDER_OWNER = "KAGGLE_USERNAME"
@@ -278,20 +279,6 @@ def metadata_json(meta: dict) -> str:
     return json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_bundle(
     out: str | os.PathLike | None = None,
     owner: str | None = None,
@@ -337,16 +324,16 @@ def build_bundle(
     meta = render_dataset_metadata(template, owner, SRC_DATASET)
 
     wheel = out / project.wheel_name
-    _atomic_write(wheel, wheel_bytes(project, allowed, epoch))
+    write_atomic(wheel, wheel_bytes(project, allowed, epoch))
     written = [wheel]
     for name, path in sorted(names.items()):
-        _atomic_write(out / name, path.read_bytes())
+        write_atomic(out / name, path.read_bytes())
         written.append(out / name)
-    _atomic_write(out / "dataset-metadata.json", metadata_json(meta).encode())
+    write_atomic(out / "dataset-metadata.json", metadata_json(meta).encode())
     written.append(out / "dataset-metadata.json")
-    sha = {p.name: _sha256(p) for p in written}
+    sha = {p.name: sha256_file(p) for p in written}
     sums = "".join(f"{digest}  {name}\n" for name, digest in sorted(sha.items()))
-    _atomic_write(out / "SHA256SUMS", sums.encode())
+    write_atomic(out / "SHA256SUMS", sums.encode())
     written.append(out / "SHA256SUMS")
     keep = {p.name for p in written}
     removed = []

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
+from .files import sha256_file
 from .kaggle_api import COMPETITION, KERNEL_FAILED, KaggleSession, KernelStatus
 
 PLACEHOLDER_OWNER = "KAGGLE_USERNAME"
@@ -483,14 +483,6 @@ def check_csv(csv: str | os.PathLike, sample: str | os.PathLike | None = None) -
     return lines
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def submit_csv(session: KaggleSession | None, csv: str | os.PathLike, message: str, *,
                sample: str | os.PathLike | None = None, competition: str = COMPETITION, wait: bool = False,
                dry_run: bool = False, polling: Polling = Polling(first=10.0, longest=60.0),
@@ -506,7 +498,7 @@ def submit_csv(session: KaggleSession | None, csv: str | os.PathLike, message: s
     if dry_run:
         creds = credentials if credentials is not None else (session.credentials if session else None)
         size = csv.stat().st_size
-        log(f"dry run: would submit {csv} ({size / 2**20:.1f} MiB, sha256 {file_sha256(csv)[:16]}...) to "
+        log(f"dry run: would submit {csv} ({size / 2**20:.1f} MiB, sha256 {sha256_file(csv)[:16]}...) to "
             f"{competition} as {creds.describe() if creds else '?'} with message {message!r}"
             + ("; then poll the submissions list until it is scored" if wait else ""))
         return {"dry_run": True}
@@ -615,7 +607,7 @@ def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config: str
         log(f"[3/3] submission skipped (--no-submit): {csv}")
         return state.data
     log("[3/3] submit")
-    digest = file_sha256(csv)
+    digest = sha256_file(csv)
     previous = state.data.get("submission")
     if previous and previous.get("sha256") == digest and previous.get("status") in ("COMPLETE", "ERROR"):
         log(f"  this file was submitted already (submission {previous.get('ref')}): {previous.get('status')}, "

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import LABELS, SUBTYPES
+from .files import write_atomic
 from .errors import TableError
 
 #: Label order inside each image's block of rows in the competition's CSVs.
@@ -791,19 +792,6 @@ def csv_bytes(header: list[str], columns: list[np.ndarray]) -> bytes:
     return (",".join(header) + "\n").encode() + body.tobytes()
 
 
-def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> Path:
-    """Write to a temp file beside ``path`` and rename: readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
 def _wide_csv_bytes(table: pd.DataFrame) -> bytes:
     ids = csv_text_matrix(table["ID"].to_numpy(dtype=object))
     array = table[list(LABELS)].to_numpy()
@@ -818,7 +806,7 @@ def _wide_csv_bytes(table: pd.DataFrame) -> bytes:
 
 def write_wide_csv(wide: pd.DataFrame, path: str | os.PathLike) -> Path:
     """Write ``ID``, the six labels and ``labels`` atomically (temp file + rename)."""
-    return write_bytes_atomic(_wide_csv_bytes(with_fastai_column(wide)), path)
+    return write_atomic(path, _wide_csv_bytes(with_fastai_column(wide)))
 
 
 def read_wide_csv(path: str | os.PathLike) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from .dicom import DicomReadError, read_stored
 from .errors import UserError
+from .files import write_atomic
 from .windowing import DEFAULT_WINDOWS, Window, window_channels, window_stored
 
 FORMATS = ("png", "jpg", "npy")
@@ -137,19 +138,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return image[..., [2, 1, 0, 3]]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
-
-
 def process_file(source: str, image_path: str, settings: PrepareSettings) -> dict:
     """One DICOM -> one image on disk; returns its metadata row (status ok/failed, never raises)."""
     image_id = Path(source).stem
     try:
         stored, rescale, meta = read_stored(source)
-        atomic_write(Path(image_path), encode(render(stored, rescale, settings), settings))
+        write_atomic(image_path, encode(render(stored, rescale, settings), settings))
     except DicomReadError as err:
         return {"ID": image_id, "status": "failed", "error": f"{err.kind}: {err.reason}", "source": source}
     except Exception as err:  # a bug or an odd file must not end the batch: record it

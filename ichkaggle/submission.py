@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import LABELS, SUBTYPES
+from .files import write_atomic
 from .errors import TableError
 from .labels import (
     FILE_ORDER,
@@ -34,7 +35,6 @@ from .labels import (
     read_two_columns,
     shown,
     split_ids,
-    write_bytes_atomic,
 )
 
 #: Default bounds of the ``clip`` step: a confident mistake then costs at most ~13.8.
@@ -244,7 +244,7 @@ def write_submission(
         sample = sample_ids_of(sample)
     long, values = _long_arrays(ids, probs, sample, fill)
     _validate_probs(long, values)
-    return write_bytes_atomic(submission_bytes(long, values), path)
+    return write_atomic(path, submission_bytes(long, values))
 
 
 # ---------------------------------------------------------------------------- checking

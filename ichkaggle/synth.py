@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import LABELS
+from .files import write_atomic
 from .dicom_write import ENCODINGS, SeriesHeader, encode_hu, slice_dataset, write_slice
 from .phantom import PhantomConfig, plan_series, render_slice
 
@@ -155,6 +156,4 @@ def synthesize(
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    write_atomic(path, frame.to_csv(index=False).encode())

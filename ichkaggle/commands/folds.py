@@ -26,7 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import LABELS
     from ..errors import UserError
     from ..folds import add_fold_column, fold_summary
-    from ..labels import read_csv, read_labels_csv, write_bytes_atomic
+    from ..files import write_atomic
+    from ..labels import read_csv, read_labels_csv
 
     if args.k < 2:
         raise UserError("--k must be at least 2")
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         table = add_fold_column(metadata, labels, k=args.k, seed=args.seed)
     except ValueError as err:  # too few patients for k folds, ...
         raise UserError(str(err)) from None
-    write_bytes_atomic(table.to_csv(index=False).encode(), args.out_csv)
+    write_atomic(args.out_csv, table.to_csv(index=False).encode())
     attrs = table.attrs
     print(
         f"{len(table)} images of {table['PatientID'].nunique()} patients in {args.k} folds -> {args.out_csv}"
