@@ -211,7 +211,7 @@ class TrainResult:
 
 def train(items: pd.DataFrame, experiment: Experiment, run_dir: str | os.PathLike, resume: bool = False) -> TrainResult:
     """Run every phase; each ends with ``models/<phase>.pth``. ``resume`` skips finished phases."""
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # fastai joins learn.path with file names: keep them absolute
     (run_dir / "models").mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(experiment.to_toml())
     set_seed(experiment.data.seed, reproducible=True)  # python, numpy and torch generators

@@ -197,10 +197,11 @@ def test_predict_command_writes_a_checked_submission(prepared, tmp_path, capsys)
     assert main(["check", str(out), "--sample", str(root / "data" / "stage_2_sample_submission.csv")]) == 0
 
 
-def test_demo_runs_end_to_end_small(tmp_path, capsys):
+def test_demo_runs_end_to_end_small(tmp_path, capsys, monkeypatch):
     from ichkaggle.demo import run_demo
 
-    result = run_demo(tmp_path / "w", n_train=200, n_test=16, epochs=1, workers=1, phantom_size=64)
+    monkeypatch.chdir(tmp_path)  # a relative --workdir, as the README runs it
+    result = run_demo("w", n_train=200, n_test=16, epochs=1, workers=1, phantom_size=64)
     out = capsys.readouterr().out
     assert "constant prior" in out and result.submission.exists() and result.report.exists()
     assert (tmp_path / "w" / "run" / "montage.png").exists() and (tmp_path / "w" / "run" / "loss.png").exists()
