@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .dicom import DicomReadError, read_stored
 from .errors import UserError
 from .files import write_atomic
-from .windowing import DEFAULT_WINDOWS, Window, window_channels, window_stored
+from .windowing import DEFAULT_WINDOWS, Window, window_linear, window_stored
 
 FORMATS = ("png", "jpg", "npy")
 JOURNAL = ".prepare-journal.jsonl"
@@ -88,8 +88,12 @@ def render(stored: np.ndarray, rescale, settings: PrepareSettings) -> np.ndarray
     if size is None or stored.shape == (size, size):
         return window_stored(stored, rescale, settings.windows)
     interpolation = cv2.INTER_AREA if size < min(stored.shape) else cv2.INTER_LINEAR
-    hu = cv2.resize(rescale.apply(stored), (size, size), interpolation=interpolation)
-    return window_channels(hu, settings.windows)
+    if rescale.rsna_fix or stored.dtype.kind not in "iu":  # not linear in the stored values
+        source, slope, intercept = rescale.apply(stored), 1.0, 0.0
+    else:  # a linear rescale commutes with averaging: resize the stored values, fold it in later
+        source, slope, intercept = stored.astype(np.float32), rescale.slope, rescale.intercept
+    small = cv2.resize(source, (size, size), interpolation=interpolation)
+    return window_linear(small, slope, intercept, settings.windows)
 
 
 def encode(image: np.ndarray, settings: PrepareSettings) -> bytes:

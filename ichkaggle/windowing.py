@@ -86,12 +86,26 @@ def apply_window(hu: np.ndarray, window: Window) -> np.ndarray:
 
 
 def _window_float32(hu: np.ndarray, window: Window) -> np.ndarray:
-    scale = 255.0 / window.width
-    values = hu * np.float32(scale)
-    values += np.float32(-(window.center - window.width / 2.0) * scale)
-    np.clip(values, 0, 255, out=values)
-    np.rint(values, out=values)
-    return values.astype(np.uint8)
+    return window_linear(hu, 1.0, 0.0, (window,))[..., 0]
+
+
+def window_linear(stored: np.ndarray, slope: float, intercept: float, windows: Sequence[Window]) -> np.ndarray:
+    """float32 stored values with HU = stored * slope + intercept -> H x W x C uint8.
+
+    The rescale is folded into each window's multiply-add, so the HU image is never
+    materialised: one pass per window, in single precision (within 1 of the reference).
+    """
+    stored = np.asarray(stored, dtype=np.float32)
+    out = np.empty(stored.shape + (len(windows),), dtype=np.uint8)
+    values = np.empty(stored.shape, dtype=np.float32)
+    for i, window in enumerate(windows):
+        scale = 255.0 / window.width
+        np.multiply(stored, np.float32(slope * scale), out=values)
+        values += np.float32((intercept - (window.center - window.width / 2.0)) * scale)
+        np.clip(values, 0, 255, out=values)
+        np.rint(values, out=values)
+        out[..., i] = values
+    return out
 
 
 def window_channels(hu: np.ndarray, windows: Sequence[Window] = DEFAULT_WINDOWS) -> np.ndarray:

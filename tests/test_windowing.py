@@ -114,3 +114,21 @@ def test_parse_windows_errors_name_the_token(bad):
     with pytest.raises(UserError) as err:
         parse_windows(bad)
     assert "window" in str(err.value)
+
+
+@settings(max_examples=60)
+@given(
+    hnp.arrays(np.float32, (6, 6), elements=st.floats(-3000, 5000, width=32)),
+    st.sampled_from([(1.0, -1024.0), (1.0, -1000.0), (0.5, 0.0), (2.0, -2048.0)]),
+    st.lists(windows, min_size=1, max_size=3),
+)
+def test_rescale_folded_into_the_window_is_within_one_of_the_reference(stored, rescale, window_list):
+    from ichkaggle.windowing import window_linear
+
+    slope, intercept = rescale
+    hu = stored.astype(np.float64) * slope + intercept
+    got = window_linear(stored, slope, intercept, window_list).astype(int)
+    for i, window in enumerate(window_list):
+        low = window.center - window.width / 2
+        exact = 255 * np.clip((hu - low) / window.width, 0, 1)
+        assert np.all(np.abs(got[..., i] - exact) <= 1.0)
