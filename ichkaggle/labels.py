@@ -827,24 +827,17 @@ def read_wide_csv(path: str | os.PathLike) -> pd.DataFrame:
         col = pd.to_numeric(table[name], errors="coerce")
         bad = np.flatnonzero(~col.isin([0, 1]).to_numpy())
         if len(bad):
-            raise TableError(
-                f"{path}: {len(bad)} rows whose {name!r} is not 0 or 1: "
-                + ", ".join(
-                    f"{ln} {table[name].iloc[r]!r}"
-                    for ln, r in zip(_line_names(bad[:N_EXAMPLES], 2), bad)
-                )
-            )
+            raise TableError(f"{path}: {len(bad)} rows whose {name!r} is not 0 or 1: " + _shown(table[name], bad))
         table[name] = col.to_numpy().astype(np.int8)
     dup = np.flatnonzero(table["ID"].duplicated(keep=False).to_numpy())
     if len(dup):
-        raise TableError(
-            f"{path}: {len(dup)} rows repeat an ID: "
-            + ", ".join(
-                f"{ln} {table['ID'].iloc[r]!r}"
-                for ln, r in zip(_line_names(dup[:N_EXAMPLES], 2), dup)
-            )
-        )
+        raise TableError(f"{path}: {len(dup)} rows repeat an ID: " + _shown(table["ID"], dup))
     return table
+
+
+def _shown(column: pd.Series, rows: np.ndarray) -> str:
+    """The first offending rows as 'line N value' (the header is line 1)."""
+    return ", ".join(f"{ln} {column.iloc[r]!r}" for ln, r in zip(_line_names(rows[:N_EXAMPLES], 2), rows))
 
 
 def read_labels_csv(path: str | os.PathLike) -> pd.DataFrame:
