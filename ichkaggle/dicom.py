@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,12 +101,9 @@ class SliceMeta:
     rescale_intercept: float = 0.0
     rsna_fix: bool = False
     transfer_syntax: str = ""
-    extra: dict = field(default_factory=dict, repr=False)
 
     def as_row(self) -> dict:
-        row = dict(self.__dict__)  # flat values only: no deep copy needed (asdict costs 0.15 ms)
-        row.pop("extra")
-        return row
+        return dict(self.__dict__)  # flat values only: no deep copy needed (asdict costs 0.15 ms)
 
 
 def first_number(value, default: float = float("nan")) -> float:
