@@ -33,16 +33,10 @@ import numpy as np
 import pandas as pd
 
 from ichkaggle import LABELS
-from ichkaggle.labels import (
-    FILE_ORDER,
-    csv_bytes,
-    csv_text_matrix,
-    long_ids,
-    read_long_csv,
-    write_wide_csv,
-)
+from ichkaggle.labels import FILE_ORDER, read_long_csv, write_wide_csv
 from ichkaggle.metric import score_files
-from ichkaggle.submission import check_submission, format_probabilities, write_submission
+from ichkaggle.submission import check_submission, write_submission
+from ichkaggle.tables import long_ids
 
 N_TRAIN = 752_803
 N_TEST = 121_232
@@ -69,11 +63,7 @@ def _labels(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _write_long(path: Path, ids: np.ndarray, values: np.ndarray) -> None:
     """Long ``ID,Label`` CSV; values are ints (0/1) or probabilities."""
-    if values.dtype.kind == "f":
-        column = format_probabilities(values)
-    else:
-        column = (values.astype(np.uint8) + ord("0"))[:, None]
-    path.write_bytes(csv_bytes(["ID", "Label"], [csv_text_matrix(ids), column]))
+    pd.DataFrame({"ID": ids, "Label": values}).to_csv(path, index=False, float_format="%.6g")
 
 
 def make_tables(folder: Path, scale: float, seed: int = 0) -> dict:
@@ -84,13 +74,13 @@ def make_tables(folder: Path, scale: float, seed: int = 0) -> dict:
     order = [LABELS.index(name) for name in FILE_ORDER]
 
     train = _labels(rng, n_train)
-    long_train = long_ids(train_ids)
+    long_train = long_ids(train_ids, FILE_ORDER)
     values = train[:, order].ravel()
     repeat = slice(0, 6 * REPEATED_IMAGES)  # the real file repeats four images
     _write_long(folder / "stage_2_train.csv", np.r_[long_train, long_train[repeat]],
                 np.r_[values, values[repeat]])
 
-    long_test = long_ids(test_ids)
+    long_test = long_ids(test_ids, FILE_ORDER)
     pd.DataFrame({"ID": long_test, "Label": 0.5}).to_csv(folder / "sample.csv", index=False)
     truth = _labels(rng, n_test)
     _write_long(folder / "test_labels.csv", long_test, truth[:, order].ravel())

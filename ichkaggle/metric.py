@@ -8,7 +8,6 @@ tensors lazily, so importing this module never imports torch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,18 +73,6 @@ def prior_rates(y_true) -> np.ndarray:
     return y_true.mean(axis=0)
 
 
-def prior_log_loss(rates, eps: float = EPS) -> float:
-    """Metric value of predicting the constant ``rates`` for images with those rates.
-
-    Per label that is the binary entropy ``-p log p - (1-p) log(1-p)``, weighted like
-    the metric -- the score any useful model must beat.
-    """
-    p = np.clip(np.asarray(rates, dtype=np.float64), eps, 1.0 - eps)
-    r = np.asarray(rates, dtype=np.float64)
-    entropy = -(r * np.log(p) + (1.0 - r) * np.log1p(-p))
-    return float(entropy @ WEIGHTS / WEIGHTS.sum())
-
-
 # ---------------------------------------------------------------------------- long CSVs
 
 
@@ -108,66 +95,53 @@ class Score:
         return out
 
 
-def score_columns(
-    pred_ids, pred_labels, truth_ids, truth_labels, *, eps: float = EPS, first_line: int | None = None
-) -> Score:
-    """Score long predictions against long truth given as columns (str or bytes arrays).
+def score_columns(pred_ids, pred_labels, truth_ids, truth_labels, *, eps: float = EPS,
+                  first_line: int | None = None) -> Score:
+    """Score long predictions against long truth given as columns.
 
     Every truth ID must be predicted exactly once and nothing else: a mismatch raises
     :class:`TableError` naming the IDs missing on either side; so does a prediction that
     is not a finite number in [0, 1]. The truth must be a valid label table (six 0/1 rows
-    per image). Rows may come in any order: IDs are matched as integer keys
-    (:func:`ichkaggle.labels.match_ids`), not by hashing strings. ``first_line``: CSV line
-    number of row 0, for messages.
+    per image). Rows may come in any order. ``first_line``: CSV line of row 0, for messages.
     """
-    from .labels import SplitIds, assemble_wide, match_ids, parse_numbers, shown
+    from .labels import assemble_wide
+    from .tables import examples, match_rows, parse_numbers, split_ids
 
-    def examples(ids: np.ndarray) -> str:
-        return ", ".join(shown(x) for x in ids[:5]) + (", ..." if len(ids) > 5 else "")
-
-    match = match_ids(truth_ids, pred_ids)
-    truth_ids, pred_ids = np.asarray(truth_ids), np.asarray(pred_ids)
+    truth_ids = np.asarray(truth_ids, dtype=object)
+    pred_ids = np.asarray(pred_ids, dtype=object)
+    split = split_ids(truth_ids)
+    parsed = split.label_codes >= 0  # the rest is named by assemble_wide below
+    key = np.where(parsed, split.image_codes * len(LABELS) + split.label_codes, -1 - np.arange(len(parsed)))
+    truth_repeats = pd.Index(key).duplicated()  # integers: cheap to hash
+    if truth_repeats.any():
+        raise TableError(f"predictions do not match the truth:\n  {truth_repeats.sum()} repeated IDs in the truth: "
+                         + examples(map(repr, truth_ids[truth_repeats][:6])))
+    match = match_rows(truth_ids, pred_ids)
     checks = (
         (truth_ids[match.missing], "IDs in the truth missing from the predictions"),
-        (pred_ids[match.extra], "IDs in the predictions not in the truth"),
-        (pred_ids[match.other_repeats], "repeated IDs in the predictions"),
-        (truth_ids[match.reference_repeats], "repeated IDs in the truth"),
+        (pred_ids[match.position < 0], "IDs in the predictions not in the truth"),
+        (pred_ids[match.repeats], "repeated IDs in the predictions"),
     )
-    problems = [f"{len(ids)} {what}: {examples(ids)}" for ids, what in checks if len(ids)]
+    problems = [f"{len(ids)} {what}: {examples(map(repr, ids[:6]))}" for ids, what in checks if len(ids)]
     if problems:
         raise TableError("predictions do not match the truth:\n  " + "\n  ".join(problems))
-    n = len(truth_ids)
-    split = match.split
-    truth_split = SplitIds(split.image_codes[:n], split.image_ids, split.label_codes[:n])
-    truth_values, _ = parse_numbers(truth_labels)
     try:
-        truth_wide = assemble_wide(
-            truth_split, truth_values, truth_ids, np.asarray(truth_labels),
-            binary=True, first_line=first_line,
-        )
+        truth_wide = assemble_wide(split, parse_numbers(truth_labels)[0], truth_ids, np.asarray(truth_labels),
+                                   first_line=first_line)
     except TableError as err:
         raise TableError(f"truth: {err}") from None
     values, _ = parse_numbers(pred_labels)
-    bad = ~(np.isfinite(values) & (values >= 0) & (values <= 1))
-    if bad.any():
-        rows = np.flatnonzero(bad)
+    bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0) & (values <= 1)))
+    if len(bad):
         raw = np.asarray(pred_labels)
-        listed = ", ".join(f"{shown(pred_ids[r])} = {shown(raw[r])}" for r in rows[:5])
-        raise TableError(
-            f"predictions: {len(rows)} Label values are not finite numbers in [0, 1]: "
-            + listed
-            + (", ..." if len(rows) > 5 else "")
-        )
-    # the ids match one to one, so each prediction fills the truth's cell for its id
-    image_codes, label_codes = match.other_codes()
+        raise TableError(f"predictions: {len(bad)} Label values are not finite numbers in [0, 1]: "
+                         + examples(f"{pred_ids[r]!r} = {str(raw[r])!r}" for r in bad[:6]))
+    row = match.position  # one to one, checked above
     y_pred = np.empty((len(truth_wide), len(LABELS)))
-    y_pred[image_codes, label_codes] = values
+    y_pred[split.image_codes[row], split.label_codes[row]] = values
     y_true = truth_wide[list(LABELS)].to_numpy(dtype=np.float64)
-    return Score(
-        score=weighted_log_loss(y_true, y_pred, eps),
-        per_label=per_label_log_loss(y_true, y_pred, eps),
-        n_images=len(y_true),
-    )
+    return Score(score=weighted_log_loss(y_true, y_pred, eps), per_label=per_label_log_loss(y_true, y_pred, eps),
+                 n_images=len(y_true))
 
 
 def score_long(
@@ -187,7 +161,7 @@ def score_long(
 
 def score_files(pred_csv, truth_csv, *, eps: float = EPS) -> Score:
     """Score two long ``ID,Label`` CSVs (what ``ichkaggle score`` runs); messages name lines."""
-    from .labels import read_long_columns
+    from .tables import read_long_columns
 
     pred_ids, pred_labels = read_long_columns(pred_csv, "predictions")
     truth_ids, truth_labels = read_long_columns(truth_csv, "truth")
@@ -237,8 +211,3 @@ def fastai_metric(*, from_logits: bool = True, eps: float = EPS):
     weighted_log_loss_metric.__name__ = "weighted_log_loss"
     weighted_log_loss_metric.__qualname__ = "weighted_log_loss"
     return weighted_log_loss_metric
-
-
-def log_loss_bound(eps: float = EPS) -> float:
-    """Largest value the clipped metric can take: ``-log(eps)``."""
-    return -math.log(eps)

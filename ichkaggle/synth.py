@@ -18,12 +18,10 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import LABELS
-from .files import write_atomic
 from .dicom_write import ENCODINGS, SeriesHeader, encode_hu, slice_dataset, write_slice
+from .labels import wide_to_long
 from .phantom import PhantomConfig, plan_series, render_slice
-
-#: Label order of the real stage_2_train.csv rows for one image.
-FILE_LABEL_ORDER = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
+from .tables import write_csv
 TRAIN_DIR, TEST_DIR = "stage_2_train", "stage_2_test"
 TRAIN_CSV, SAMPLE_CSV, TEST_LABELS_CSV = "stage_2_train.csv", "stage_2_sample_submission.csv", "test_labels.csv"
 
@@ -119,10 +117,12 @@ def _write_split(
     return rows, n_series
 
 
-def _long_table(rows: list[tuple[str, dict]], order=FILE_LABEL_ORDER, value=None) -> pd.DataFrame:
-    ids = [f"{image_id}_{label}" for image_id, _ in rows for label in order]
-    labels = [int(present[label]) if value is None else value for _, present in rows for label in order]
-    return pd.DataFrame({"ID": ids, "Label": labels})
+def _long_table(rows: list[tuple[str, dict]], value=None) -> pd.DataFrame:
+    """The rows' labels (or ``value`` everywhere) as the competition's long CSV."""
+    wide = pd.DataFrame({"ID": [image_id for image_id, _ in rows]})
+    for label in LABELS:
+        wide[label] = [int(present[label]) if value is None else value for _, present in rows]
+    return wide_to_long(wide)
 
 
 def synthesize(
@@ -148,12 +148,8 @@ def synthesize(
     train = _long_table(train_rows)
     if train_rows:  # the real file repeats a few images with the same values
         train = pd.concat([train, _long_table(train_rows[:1])], ignore_index=True)
-    _write_csv(train, out / TRAIN_CSV)
-    _write_csv(_long_table(test_rows, value=0.5), out / SAMPLE_CSV)
-    _write_csv(_long_table(test_rows), out / TEST_LABELS_CSV)
+    write_csv(train, out / TRAIN_CSV)
+    write_csv(_long_table(test_rows, value=0.5), out / SAMPLE_CSV)
+    write_csv(_long_table(test_rows), out / TEST_LABELS_CSV)
     rates = {label: float(np.mean([p[label] for _, p in train_rows])) if train_rows else 0.0 for label in LABELS}
     return SynthSummary(out, len(train_rows), len(test_rows), train_series, test_series, rates)
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    write_atomic(path, frame.to_csv(index=False).encode())

@@ -8,7 +8,8 @@ import pytest
 
 from ichkaggle import LABELS
 from ichkaggle.cli import main
-from ichkaggle.labels import long_ids, wide_to_long
+from ichkaggle.labels import FILE_ORDER, wide_to_long
+from ichkaggle.tables import long_ids
 from ichkaggle.metric import weighted_log_loss
 
 
@@ -146,7 +147,7 @@ def test_score_names_missing_ids(tmp_path, capsys):
 @pytest.fixture
 def sample(tmp_path):
     ids = np.array([f"ID_{i:09x}" for i in range(5)], dtype=object)
-    table = pd.DataFrame({"ID": long_ids(ids), "Label": 0.5})
+    table = pd.DataFrame({"ID": long_ids(ids, FILE_ORDER), "Label": 0.5})
     table.to_csv(tmp_path / "sample.csv", index=False)
     return table
 

@@ -12,17 +12,16 @@ from hypothesis import strategies as st
 
 from ichkaggle import LABELS, SUBTYPES
 from ichkaggle.errors import TableError
+from ichkaggle.tables import split_ids
 from ichkaggle.labels import (
     FILE_ORDER,
     any_violations,
     describe_any_violations,
-    fastai_to_wide,
+    fastai_strings,
     long_to_wide,
     read_labels_csv,
     read_long_csv,
     read_wide_csv,
-    split_ids,
-    wide_to_fastai,
     wide_to_long,
     with_fastai_column,
     write_wide_csv,
@@ -105,32 +104,10 @@ def test_repeated_rows_with_same_value_are_merged(wide, data):
 
 @settings(max_examples=50)
 @given(wide_tables())
-def test_fastai_round_trips_exactly(wide):
-    fast = wide_to_fastai(wide)
-    assert_same_wide(fastai_to_wide(fast), wide)
-    again = wide_to_fastai(fastai_to_wide(fast))
-    pd.testing.assert_frame_equal(again, fast)
-
-
-@settings(max_examples=50)
-@given(wide_tables())
 def test_fastai_strings_list_positive_names_in_label_order(wide):
-    fast = wide_to_fastai(wide)
-    for text, row in zip(fast["labels"], wide[list(LABELS)].to_numpy()):
+    strings = fastai_strings(wide[list(LABELS)].to_numpy())
+    for text, row in zip(strings, wide[list(LABELS)].to_numpy()):
         assert text == " ".join(name for name, v in zip(LABELS, row) if v)
-
-
-@given(st.permutations(list(LABELS)), st.integers(0, 6))
-def test_fastai_names_in_any_order_are_accepted(names, k):
-    table = pd.DataFrame({"ID": ["ID_a"], "labels": [" ".join(names[:k])]})
-    wide = fastai_to_wide(table)
-    expected = [int(name in names[:k]) for name in LABELS]
-    assert wide[list(LABELS)].iloc[0].tolist() == expected
-
-
-def test_fastai_empty_and_nan_mean_no_label():
-    table = pd.DataFrame({"ID": ["ID_a", "ID_b"], "labels": ["", np.nan]})
-    assert fastai_to_wide(table)[list(LABELS)].to_numpy().sum() == 0
 
 
 @settings(max_examples=50)
@@ -223,7 +200,7 @@ def test_write_wide_csv_matches_pandas_and_reads_back(tmp_path_factory, wide):
     assert path.read_text() == expected
     back = read_wide_csv(path)
     assert_same_wide(back, wide)
-    assert list(back["labels"]) == list(wide_to_fastai(wide)["labels"])
+    assert list(back["labels"]) == list(fastai_strings(wide[list(LABELS)].to_numpy()))
 
 
 def test_write_wide_csv_falls_back_for_ids_that_need_quoting(tmp_path):
@@ -339,13 +316,6 @@ def test_missing_columns_and_bad_header(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(TableError, match="empty"):
         read_long_csv(tmp_path / "empty.csv")
-
-
-def test_fastai_unknown_or_repeated_name_is_named():
-    table = pd.DataFrame({"ID": ["ID_a", "ID_b", "ID_c"], "labels": ["any", "any bleed", "any any"]})
-    with pytest.raises(TableError) as info:
-        fastai_to_wide(table)
-    assert "row 1" in str(info.value) and "row 2" in str(info.value)
 
 
 def test_read_wide_csv_rejects_bad_values_and_repeats(tmp_path):

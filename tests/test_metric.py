@@ -20,9 +20,7 @@ from ichkaggle.metric import (
     EPS,
     WEIGHTS,
     fastai_metric,
-    log_loss_bound,
     per_label_log_loss,
-    prior_log_loss,
     prior_rates,
     score_files,
     score_long,
@@ -104,22 +102,13 @@ def test_constant_prior_gives_the_entropy(y_true, eps):
     entropy = -(rates * np.log(p) + (1 - rates) * np.log1p(-p))
     expected = float(entropy @ WEIGHTS / 7)
     assert weighted_log_loss(y_true, constant, eps) == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    assert prior_log_loss(rates, eps) == pytest.approx(expected, rel=1e-9, abs=1e-12)
-
-
-def test_prior_of_the_real_label_rates():
-    # stage-1 rates; the known value of predicting them is ~0.2999 (binary entropies)
-    rates = np.array([0.144, 0.004, 0.048, 0.035, 0.048, 0.063])
-    h = -(rates * np.log(rates) + (1 - rates) * np.log(1 - rates))
-    assert prior_log_loss(rates) == pytest.approx((2 * h[0] + h[1:].sum()) / 7, rel=1e-9)
-    assert 0.2 < prior_log_loss(rates) < 0.25
 
 
 @given(truth_and_pred(pred_elements=st.floats(0, 1)), st.sampled_from([1e-15, 1e-7, 1e-3]))
 def test_bounded_by_minus_log_eps(data, eps):
     y_true, y_pred = data
     value = weighted_log_loss(y_true, y_pred, eps)
-    assert 0 <= value <= log_loss_bound(eps) + 1e-9
+    assert 0 <= value <= -math.log(eps) + 1e-9
     worst = weighted_log_loss(y_true, 1.0 - y_true, eps)
     assert worst == pytest.approx(-math.log(eps), rel=1e-6)
 

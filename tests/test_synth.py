@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ichkaggle import LABELS, SUBTYPES
-from ichkaggle.dicom import read_hu
 from ichkaggle.phantom import BLOOD_HU, PhantomConfig, plan_series, render_slice
-from ichkaggle.synth import FILE_LABEL_ORDER, load_config, synthesize
+from ichkaggle.labels import FILE_ORDER
+from ichkaggle.synth import load_config, synthesize
+
+from .dicom_factory import read_hu
 
 
 def test_layout_and_csv_formats(synth_dir):
@@ -27,7 +29,7 @@ def test_layout_and_csv_formats(synth_dir):
     assert train["ID"].str.fullmatch(r"ID_[0-9a-f]{9}_(epidural|intraparenchymal|intraventricular|subarachnoid|subdural|any)").all()
     # six rows per image in the real file's label order; one image repeated with the same values
     first = train.iloc[:6]["ID"].str.split("_").str[-1].tolist()
-    assert first == list(FILE_LABEL_ORDER)
+    assert first == list(FILE_ORDER)
     assert len(train) == 6 * 91 and train.duplicated().sum() == 6
     assert set(train["ID"].str[:12]) == train_files
     assert (sample["Label"] == 0.5).all() and set(sample["ID"]) == set(truth["ID"])

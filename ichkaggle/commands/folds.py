@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from .. import LABELS
     from ..errors import UserError
     from ..folds import add_fold_column, fold_summary
-    from ..files import write_atomic
-    from ..labels import read_csv, read_labels_csv
+    from ..labels import read_labels_csv
+    from ..tables import read_csv, write_csv
 
     if args.k < 2:
         raise UserError("--k must be at least 2")
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         table = add_fold_column(metadata, labels, k=args.k, seed=args.seed)
     except ValueError as err:  # too few patients for k folds, ...
         raise UserError(str(err)) from None
-    write_atomic(args.out_csv, table.to_csv(index=False).encode())
+    write_csv(table, args.out_csv)
     attrs = table.attrs
     print(
         f"{len(table)} images of {table['PatientID'].nunique()} patients in {args.k} folds -> {args.out_csv}"
