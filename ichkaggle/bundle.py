@@ -30,7 +30,6 @@ from .errors import UserError
 from .files import sha256_file, write_atomic
 
 SRC_DATASET = "ichkaggle-src"
-PLACEHOLDER_OWNER = "KAGGLE_USERNAME"
 #: 1980-01-01T00:00:00Z: the earliest time a zip entry can hold; SOURCE_DATE_EPOCH overrides it
 DEFAULT_EPOCH = 315532800
 CREDENTIAL_NAMES = frozenset({

@@ -2,20 +2,24 @@
 
 Everything that talks to Kaggle goes through :class:`KaggleSession`, which drives the real
 ``kaggle`` client (imported lazily: ``import kaggle`` authenticates and prints at import
-time) with three changes of behaviour:
+time) through its public seams only -- a ``KaggleApi`` subclass whose ``build_kaggle_client``
+passes one known credential and whose ``with_retry`` leaves retrying to us:
 
-- credentials are ours: ``KAGGLE_USERNAME``/``KAGGLE_KEY``, else ``kaggle.json`` in
-  ``KAGGLE_CONFIG_DIR``, ``~/.kaggle`` or ``~/.config/kaggle``, else ``KAGGLE_API_TOKEN``
-  (with a username); the client's own search (tokens in env or files) is switched off so
-  one known credential is used, and the key is never printed (its ``VERBOSE`` mode, which
-  prints the auth header, is never enabled);
-- every request has a timeout and the client's own retries (about ten, minutes long on a
-  down server) are replaced by ours: connection errors, timeouts, 429 and 5xx are retried
-  a bounded number of times within a short deadline, so a down server fails in seconds;
+- credentials are looked up in the client's own order (an API token, then a legacy key)
+  and the key is never printed (the client's ``VERBOSE`` mode, which prints the auth
+  header, is never enabled);
+- the server is the client's: ``KAGGLE_API_ENVIRONMENT`` (e.g. ``LOCALHOST`` behind an
+  ``HTTP_PROXY``) and kagglesdk's endpoint table decide where requests go;
+- connection errors, 429 and 5xx are retried a bounded number of times within a deadline,
+  waiting what a ``Retry-After`` header asks on 429 and 503, so a down server fails in
+  seconds; every call has an overall time limit, so a server that never answers cannot
+  hang a 12-hour pipeline;
 - failures become :class:`KaggleError` (a ``UserError``) with a message that says what to
   do: 401 names the credential source, 403 the usual causes, and answers the client would
   pass over (SaveKernel's ``error``, a dataset status that is not ok, a refused
   submission) are errors too. The key is scrubbed from every message.
+
+Tested against kaggle 2.2.5 / kagglesdk 0.1.38 (pinned in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +40,8 @@ from typing import Callable, Iterable, TypeVar
 from .errors import UserError
 
 COMPETITION = "rsna-intracranial-hemorrhage-detection"
-#: an API base URL to use instead of https://api.kaggle.com (tests point it at a fake server)
-ENDPOINT_ENV = "ICHKAGGLE_KAGGLE_ENDPOINT"
+#: what stands for the user's Kaggle name in the templates (kernels/, datasets/)
+PLACEHOLDER_OWNER = "KAGGLE_USERNAME"
 KERNEL_TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 KERNEL_FAILED = ("ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
 SUBMISSION_TERMINAL = ("COMPLETE", "ERROR")
@@ -80,41 +85,48 @@ def _read_kaggle_json(path: Path) -> tuple[str, str]:
         raise UserError(f"{path}: not a kaggle.json with \"username\" and \"key\" ({NEW_TOKEN_HELP})") from None
 
 
-def _token_value(env: dict) -> str | None:
+def _token(env: dict) -> tuple[str, str] | None:
+    """(API token, where from) as the client finds it: ``KAGGLE_API_TOKEN`` (a value or a file
+    path), else ``~/.kaggle/access_token`` (or ``.txt``)."""
     value = env.get("KAGGLE_API_TOKEN")
-    if not value:
-        return None
-    if len(value) < 512 and Path(value).is_file():
-        return Path(value).read_text().strip() or None
-    return value
+    if value:
+        path = Path(value) if len(value) < 512 else None
+        return ((path.read_text().strip() if path and path.is_file() else value), "KAGGLE_API_TOKEN")
+    home = Path(env.get("HOME") or Path.home())
+    for name in ("access_token", "access_token.txt"):
+        path = home / ".kaggle" / name
+        if path.is_file() and path.read_text().strip():
+            return path.read_text().strip(), str(path)
+    return None
 
 
 def find_credentials(owner: str | None = None, env: dict | None = None, required: bool = True) -> Credentials | None:
-    """The credentials the session will use, without any network call.
+    """The credentials the client will use, in its own order, without any network call.
 
-    Order: ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``; ``kaggle.json`` (see :func:`config_dirs`);
-    ``KAGGLE_API_TOKEN`` (a value or a file), whose username comes from ``KAGGLE_USERNAME``,
-    a ``kaggle.json`` or ``owner``.
+    An API token first (``KAGGLE_API_TOKEN``, a value or a file, else ``~/.kaggle/access_token``;
+    its username comes from ``KAGGLE_USERNAME``, a ``kaggle.json`` or ``owner``), then a
+    legacy key: ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``, else ``kaggle.json`` (see
+    :func:`config_dirs`).
     """
     env = os.environ if env is None else env
+    legacy, json_user = None, None
     if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-        return Credentials(env["KAGGLE_USERNAME"], env["KAGGLE_KEY"], "KAGGLE_USERNAME/KAGGLE_KEY")
-    json_user = None
+        legacy = Credentials(env["KAGGLE_USERNAME"], env["KAGGLE_KEY"], "KAGGLE_USERNAME/KAGGLE_KEY")
     for folder in config_dirs(env):
         path = folder / "kaggle.json"
-        if path.is_file():
+        if legacy is None and path.is_file():
             username, key = _read_kaggle_json(path)
-            if key:
-                return Credentials(username, key, str(path))
-            json_user = username
-    token = _token_value(env)
+            json_user = json_user or username
+            legacy = Credentials(username, key, str(path)) if key else None
+    token = _token(env)
     if token:
-        username = env.get("KAGGLE_USERNAME") or json_user or owner
+        username = env.get("KAGGLE_USERNAME") or json_user or (legacy and legacy.username) or owner
         if not username:
-            raise UserError("KAGGLE_API_TOKEN is set but no username is known: set KAGGLE_USERNAME (or pass --owner)")
-        return Credentials(username, token, "KAGGLE_API_TOKEN", token=True)
-    if not required:
-        return None
+            raise UserError(f"an API token ({token[1]}) is set but no username is known: "
+                            "set KAGGLE_USERNAME (or pass --owner)")
+        return Credentials(username, token[0], token[1], token=True)
+    if legacy is not None or not required:
+        return legacy
     where = ", ".join(str(d / "kaggle.json") for d in config_dirs(env))
     raise UserError(
         "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in one of "
@@ -131,11 +143,8 @@ def secret_values(credentials: Credentials | None = None, env: dict | None = Non
     for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN"):
         if env.get(name):
             secrets.add(env[name])
-    token = None
     with contextlib.suppress(OSError):
-        token = _token_value(env)
-    if token:
-        secrets.add(token)
+        secrets.add((_token(env) or ("", ""))[0])
     for folder in config_dirs(env):
         path = folder / "kaggle.json"
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -169,6 +178,7 @@ class Problem:
     kind: str  # auth | forbidden | not_found | transient | refused | other
     text: str
     status: int | None = None
+    retry_after: float | None = None  # seconds a 429 or 503 asked us to wait
 
     @property
     def transient(self) -> bool:
@@ -196,6 +206,22 @@ def _connection_text(err: Exception) -> str:
     return f"cannot connect to {where}" + (f" ({reason.group(1).strip()})" if reason else "")
 
 
+def retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds of a ``Retry-After`` header: a number, or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now())
+    except (TypeError, ValueError):
+        return None
+
+
 def classify(err: Exception) -> Problem:
     """What went wrong, in the terms the retry loop and the messages need."""
     import requests
@@ -206,7 +232,7 @@ def classify(err: Exception) -> Problem:
         # kernel becomes "wrong kernel slug"): the status underneath decides
         problem = classify(context)
         return Problem(problem.kind, f"{problem.text} ({err})" if problem.kind != "auth" else problem.text,
-                       problem.status)
+                       problem.status, problem.retry_after)
     if isinstance(err, requests.HTTPError) and err.response is not None:
         status = err.response.status_code
         message = _server_message(err.response) or str(err)
@@ -217,7 +243,8 @@ def classify(err: Exception) -> Problem:
         if status == 404:
             return Problem("not_found", message, status)
         if status == 429 or status >= 500:
-            return Problem("transient", f"HTTP {status}: {message}", status)
+            wait = retry_after(err.response.headers.get("Retry-After")) if status in (429, 503) else None
+            return Problem("transient", f"HTTP {status}: {message}", status, wait)
         return Problem("other", f"HTTP {status}: {message}", status)
     if isinstance(err, (requests.ConnectionError, requests.Timeout)):
         return Problem("transient", _connection_text(err))
@@ -322,32 +349,59 @@ def _quiet_import_environment():
             os.environ["KAGGLE_API_TOKEN"] = saved
 
 
-def _client_modules():
+def _api_class():
+    """A ``KaggleApi`` that builds its clients with our one credential and never retries itself."""
     try:
         with _quiet_import_environment():
             from kaggle.api.kaggle_api_extended import KaggleApi
             from kagglesdk import KaggleClient
-            from kagglesdk.kaggle_env import KaggleEnv
-            from kagglesdk.kaggle_http_client import KaggleHttpClient
+            from kagglesdk.kaggle_env import get_env
     except ImportError as err:
         raise UserError(
             f"the Kaggle client is not installed ({err}): pip install 'ichkaggle[kaggle]' (kaggle, six)"
         ) from None
-    return KaggleApi, KaggleClient, KaggleEnv, KaggleHttpClient
+
+    class Api(KaggleApi):
+        credentials: Credentials
+
+        def build_kaggle_client(self):
+            creds = self.credentials  # KAGGLE_API_ENVIRONMENT picks the server, as in the client itself
+            return KaggleClient(env=get_env(), verbose=False, username=creds.username,
+                                password=None if creds.token else creds.key,
+                                api_token=creds.key if creds.token else None)
+
+        def with_retry(self, func, *args, **kwargs):
+            return func  # KaggleSession.call retries every call, within its deadline
+
+    return Api
 
 
-def _timeout_adapter(timeout: tuple[float, float]):
-    from requests.adapters import HTTPAdapter
+def endpoint() -> str:
+    """The API base the client sends to (``KAGGLE_API_ENVIRONMENT``, kagglesdk's table)."""
+    from kagglesdk.kaggle_env import get_endpoint, get_env
 
-    class TimeoutAdapter(HTTPAdapter):
-        """Every request through the client's session gets a (connect, read) timeout."""
+    return get_endpoint(get_env())
 
-        def send(self, request, **kwargs):
-            if kwargs.get("timeout") is None:
-                kwargs["timeout"] = timeout
-            return super().send(request, **kwargs)
 
-    return TimeoutAdapter(max_retries=0)
+def _within(seconds: float, fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)``, or TimeoutError after ``seconds`` (the call is left behind
+    in a daemon thread: the client offers no request timeout of its own)."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = fn(*args, **kwargs)
+        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class KaggleSession:
@@ -357,21 +411,21 @@ class KaggleSession:
         self,
         credentials: Credentials | None = None,
         *,
-        endpoint: str | None = None,
         attempts: int = 4,
         deadline: float = 45.0,
         first_delay: float = 0.5,
         max_delay: float = 10.0,
-        timeout: tuple[float, float] = (10.0, 300.0),
+        timeout: float = 900.0,
+        longest_retry_after: float = 600.0,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         log: Callable[[str], None] | None = None,
     ):
         self.credentials = credentials or find_credentials()
-        self.endpoint = (endpoint or os.environ.get(ENDPOINT_ENV) or "").rstrip("/") or None
         self.attempts, self.deadline = max(1, attempts), deadline
         self.first_delay, self.max_delay = first_delay, max_delay
         self.timeout, self.sleep, self.clock = timeout, sleep, clock
+        self.longest_retry_after = longest_retry_after
         self._log = log
         self._api = None
         self.secrets = secret_values(self.credentials)
@@ -396,30 +450,11 @@ class KaggleSession:
 
     @property
     def api(self):
-        """A ``KaggleApi`` whose clients use our credentials, endpoint, timeouts and no retries."""
+        """The client, configured through its public seams (see the module docstring)."""
         if self._api is None:
-            KaggleApi, KaggleClient, KaggleEnv, KaggleHttpClient = _client_modules()
-            creds, endpoint, adapter = self.credentials, self.endpoint, _timeout_adapter(self.timeout)
-
-            def build_kaggle_client():
-                client = KaggleClient(env=KaggleEnv.PROD, verbose=False, username=creds.username,
-                                      password=None if creds.token else creds.key,
-                                      api_token=creds.key if creds.token else None)
-                http = client._http_client
-                if endpoint:
-                    http._endpoint = endpoint
-                http._signed_in = True  # skip the client's own search for tokens in env and files
-                http._init_session()
-                session = http._session
-                session.auth = KaggleHttpClient.BearerAuth(creds.key) if creds.token else (creds.username, creds.key)
-                session.mount("http://", adapter)
-                session.mount("https://", adapter)
-                return client
-
-            api = KaggleApi()
-            api.config_values = {"username": creds.username}
-            api.build_kaggle_client = build_kaggle_client
-            api.with_retry = lambda func, *args, **kwargs: func  # our call() retries, within a deadline
+            api = _api_class()()
+            api.credentials = self.credentials
+            api.config_values = {"username": self.credentials.username}
             self._api = api
         return self._api
 
@@ -427,9 +462,11 @@ class KaggleSession:
              **kwargs) -> T:
         """``fn(*args, **kwargs)`` with bounded retries of transient failures.
 
+        A ``Retry-After`` on 429/503 sets the wait (a busy server is waited for up to
+        ``longest_retry_after`` per attempt; the deadline bounds our own backoff, for a down one);
         ``before_retry`` may look whether a failed attempt took effect anyway (e.g. a
-        submission that was created although the answer was a 5xx); a value other than
-        None is returned instead of retrying.
+        submission created although the answer was a 5xx); a value other than None is
+        returned instead of retrying.
         """
         started, delay = self.clock(), self.first_delay
         attempt = 0
@@ -437,15 +474,20 @@ class KaggleSession:
             attempt += 1
             try:
                 with _quiet_client_output(self):
-                    return fn(*args, **kwargs)
+                    return _within(self.timeout, fn, *args, **kwargs)
             except UserError:
                 raise
+            except TimeoutError as err:
+                problem = Problem("transient", f"no answer from {endpoint()} ({err})")
             except Exception as err:  # noqa: BLE001 - every failure becomes a clear message
                 problem = classify(err)
-            elapsed = self.clock() - started
-            if problem.transient and attempt < self.attempts and elapsed + delay <= self.deadline:
-                self.log(f"{what}: {problem.text}; retrying in {delay:.3g}s ({attempt}/{self.attempts - 1})")
-                self.sleep(delay)
+            asked = problem.retry_after is not None
+            wait = problem.retry_after if asked else delay
+            in_time = wait <= self.longest_retry_after if asked else self.clock() - started + wait <= self.deadline
+            if problem.transient and attempt < self.attempts and in_time:
+                because = " as its Retry-After asks" if asked else ""
+                self.log(f"{what}: {problem.text}; retrying in {wait:.3g}s{because} ({attempt}/{self.attempts - 1})")
+                self.sleep(wait)
                 delay = min(delay * 2, self.max_delay)
                 if before_retry is not None:
                     found = before_retry()
@@ -466,9 +508,11 @@ class KaggleSession:
         elif problem.kind == "not_found":
             text = f"not found on Kaggle (HTTP 404): {problem.text}"
         elif problem.transient:
-            target = self.endpoint or "https://api.kaggle.com"
-            text = (f"{problem.text}; gave up after {attempts} attempt(s) in {elapsed:.0f}s "
-                    f"({target} is down or unreachable?)")
+            late = (f"; it asked to retry after {problem.retry_after:.0f}s, beyond the "
+                    f"{self.longest_retry_after:.0f}s this command waits"
+                    if problem.retry_after and problem.retry_after > self.longest_retry_after else "")
+            text = (f"{problem.text}; gave up after {attempts} attempt(s) in {elapsed:.0f}s{late} "
+                    f"({endpoint()} is down, busy or unreachable?)")
         else:
             text = problem.text
         return KaggleError(self.scrub(f"{what}: {text}"), problem.status, problem.kind)

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .files import sha256_file
-from .kaggle_api import COMPETITION, KERNEL_FAILED, KaggleSession, KernelStatus
+from .files import sha256_file, write_atomic
+from .kaggle_api import COMPETITION, KERNEL_FAILED, PLACEHOLDER_OWNER, KaggleSession, KernelStatus
 
-PLACEHOLDER_OWNER = "KAGGLE_USERNAME"
 TRAIN = "train"
 INFER = "infer"
 STATE_VERSION = 1
@@ -538,9 +537,7 @@ class RunState:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, (json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode())
 
     def kernel(self, ref: str) -> PushedKernel | None:
         entry = self.data["kernels"].get(ref)

@@ -70,8 +70,9 @@ def find_competition_dir(input_root: str | os.PathLike = INPUT_ROOT) -> Path:
 
     found = search(input_root, "stage_2_train.csv", max_depth=4, want_dirs=True)
     if not found:
-        raise UserError(f"no stage_2_train.csv under {input_root}: attach the competition "
-                        "rsna-intracranial-hemorrhage-detection to the kernel")
+        from .kaggle_api import COMPETITION
+
+        raise UserError(f"no stage_2_train.csv under {input_root}: attach the competition {COMPETITION} to the kernel")
     check_competition_dir(found[0])
     return found[0]
 
@@ -124,10 +125,6 @@ def _header_row(path: str) -> dict:
     return row
 
 
-def _header_rows(paths: list[str]) -> list[dict]:
-    return [_header_row(p) for p in paths]
-
-
 def dicom_metadata(src: str | os.PathLike, workers: int | None = None, chunk: int = 256):
     """metadata.csv's table for every DICOM under ``src`` from the headers only (the
     ``source = "dicom"`` path: pixels are decoded in the loader, not here)."""
@@ -136,12 +133,9 @@ def dicom_metadata(src: str | os.PathLike, workers: int | None = None, chunk: in
     paths = [str(p) for p in find_dicoms(src)]
     workers = max(1, workers or os.cpu_count() or 1)
     if workers == 1 or len(paths) <= chunk:
-        rows = _header_rows(paths)
-    else:
-        chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            rows = [row for part in pool.map(_header_rows, chunks) for row in part]
-    return metadata_frame(rows)
+        return metadata_frame(map(_header_row, paths))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return metadata_frame(pool.map(_header_row, paths, chunksize=chunk))
 
 
 def _image_settings(experiment):

@@ -57,8 +57,8 @@ class Submission:
 class FakeKaggle:
     """``with FakeKaggle(user, key) as fake: fake.url`` -> ``http://127.0.0.1:PORT``."""
 
-    def __init__(self, username: str = "alice", key: str = "0" * 32, token: str | None = None):
-        self.username, self.key = username, key
+    def __init__(self, username: str = "alice", key: str = "0" * 32, token: str | None = None, port: int = 0):
+        self.username, self.key, self.port = username, key, port
         self.token = token  # also accept "Bearer <token>" (KAGGLE_API_TOKEN credentials)
         self.requests: list[Recorded] = []
         self.failures: dict[str, list[tuple[int, dict | None]]] = {}
@@ -89,7 +89,7 @@ class FakeKaggle:
 
     def start(self) -> "FakeKaggle":
         handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         daemon=True)
@@ -112,9 +112,11 @@ class FakeKaggle:
 
     # ------------------------------------------------------------------ configuration
 
-    def fail(self, rpc: str, status: int = 503, times: int = 1, body: dict | None = None) -> None:
-        """The next ``times`` calls of ``rpc`` (e.g. "SaveKernel") answer ``status``."""
-        self.failures.setdefault(rpc, []).extend([(status, body)] * times)
+    def fail(self, rpc: str, status: int = 503, times: int = 1, body: dict | None = None,
+             retry_after: str | None = None) -> None:
+        """The next ``times`` calls of ``rpc`` (e.g. "SaveKernel") answer ``status`` (with a
+        ``Retry-After`` header when given)."""
+        self.failures.setdefault(rpc, []).extend([(status, body, retry_after)] * times)
 
     def calls(self, rpc: str) -> list[Recorded]:
         return [r for r in self.requests if r.rpc == rpc]
@@ -266,9 +268,12 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, payload: dict | bytes, content_type: str = "application/json") -> None:
+    def _send(self, status: int, payload: dict | bytes, content_type: str = "application/json",
+              headers: dict | None = None) -> None:
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -297,8 +302,9 @@ class _Handler(BaseHTTPRequestHandler):
             queue = self.fake.failures.get(rpc)
             failure = queue.pop(0) if queue else None
         if failure is not None:
-            status, payload = failure
-            return self._send(status, payload or {"code": status, "message": f"fake: {rpc} failed with {status}"})
+            status, payload, wait = failure
+            return self._send(status, payload or {"code": status, "message": f"fake: {rpc} failed with {status}"},
+                              headers={"Retry-After": wait} if wait is not None else None)
         with self.fake._lock:
             status, answer = self.fake.rpc(rpc, json.loads(body or b"{}"))
         if isinstance(answer, _Error):
@@ -340,7 +346,10 @@ def _fixture():
     def kaggle_env(tmp_path, monkeypatch):
         """A fake Kaggle server, credentials for it in the environment (a fresh random key),
         HOME and the temp dir inside ``tmp_path``, no proxy, no token: the real client,
-        configured by ``ichkaggle.kaggle_api``, talks only to 127.0.0.1."""
+        configured by ``ichkaggle.kaggle_api``, talks only to 127.0.0.1, pointed there the
+        first way KAGGLE_API_NOTES.md documents (kagglesdk's endpoint table, in-process)."""
+        from kagglesdk.kaggle_env import KaggleEnv, _env_to_endpoint
+
         key = secrets.token_hex(16)
         home = tmp_path / "home"
         home.mkdir()
@@ -355,7 +364,7 @@ def _fixture():
         monkeypatch.setenv("KAGGLE_KEY", key)
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
         with FakeKaggle("alice", key) as fake:
-            monkeypatch.setenv("ICHKAGGLE_KAGGLE_ENDPOINT", fake.url)
+            monkeypatch.setitem(_env_to_endpoint, KaggleEnv.PROD, fake.url)
             yield fake
 
     return kaggle_env

@@ -78,6 +78,12 @@ def test_credentials_come_from_env_then_kaggle_json_then_token(tmp_path):
     creds = find_credentials(env={**token_env, "KAGGLE_USERNAME": "dan"})
     assert creds.token and creds.username == "dan" and creds.key == "KGAT_abcdefabcdef1234"
     assert "KGAT" not in repr(creds) and "k" * 32 not in repr(find_credentials(env=env))
+    # a token wins over a legacy key, as in the client itself; its user comes from the key's
+    both = find_credentials(env={**env, "KAGGLE_API_TOKEN": "KGAT_abcdefabcdef1234"})
+    assert both.token and both.username == "alice" and both.source == "KAGGLE_API_TOKEN"
+    (tmp_path / ".kaggle" / "access_token").write_text("KGAT_fromafile0123456\n")
+    from_file = find_credentials(env={"HOME": str(tmp_path)})
+    assert from_file.token and from_file.key == "KGAT_fromafile0123456" and from_file.username == "bob"
 
 
 def test_missing_or_broken_credentials_are_clear_and_do_not_echo_the_key(tmp_path):
@@ -202,9 +208,15 @@ def test_an_api_token_is_sent_as_bearer(kaggle_env, monkeypatch):
     assert fake.requests[-1].headers["Authorization"] == f"Bearer {fake.token}"
 
 
-def test_legacy_key_is_used_even_with_a_token_in_the_environment(kaggle_env, monkeypatch):
+def test_the_credential_described_is_the_one_sent(kaggle_env, monkeypatch):
     fake = kaggle_env
     monkeypatch.setenv("KAGGLE_API_TOKEN", "KGAT_not_the_right_one_at_all")
+    session = _session(fake)
+    assert session.credentials.source == "KAGGLE_API_TOKEN"  # the client's order: a token first
+    with pytest.raises(KaggleError, match="401.*credentials from KAGGLE_API_TOKEN"):
+        session.submissions()
+    assert fake.requests[-1].headers["Authorization"] == "Bearer KGAT_not_the_right_one_at_all"
+    monkeypatch.delenv("KAGGLE_API_TOKEN")
     assert _session(fake).submissions() == []
     assert fake.requests[-1].headers["Authorization"].startswith("Basic ")
 
@@ -261,6 +273,22 @@ def test_a_5xx_on_create_submission_does_not_submit_twice(kaggle_env, tmp_path):
     assert len(fake.submissions) == 1 and len(fake.calls("CreateSubmission")) == 2
 
 
+def test_retry_after_is_honoured_on_429_and_503(kaggle_env, tmp_path):
+    fake = kaggle_env
+    fake.fail("SaveKernel", 429, retry_after="7")
+    fake.fail("SaveKernel", 503, retry_after="Wed, 21 Oct 2015 07:28:00 GMT")  # a date in the past: at once
+    fake.fail("SaveKernel", 500)  # no header: our own backoff
+    waits, logged = [], []
+    session = _session(fake, sleep=waits.append, log=logged.append, attempts=5)
+    assert session.push_kernel(_kernel_folder(tmp_path)).version == 1
+    assert waits == [7.0, 0.0, 0.2]  # Retry-After, Retry-After, then backoff (0.05 doubled twice)
+    assert sum("as its Retry-After asks" in line for line in logged) == 2
+    fake.fail("ListSubmissions", 429, retry_after="3600")  # longer than this command waits
+    with pytest.raises(KaggleError, match="retry after 3600s, beyond the 600s"):
+        _session(fake, sleep=waits.append).submissions()
+    assert waits[-1] == 0.2 and len(fake.calls("ListSubmissions")) == 1
+
+
 def test_retries_are_bounded(kaggle_env, tmp_path):
     fake = kaggle_env
     fake.fail("SaveKernel", 503, times=10)
@@ -311,23 +339,27 @@ def test_a_refused_submission_is_an_error(kaggle_env, tmp_path):
         _session(fake).submit(csv, "x")
 
 
-def test_a_down_server_fails_in_seconds(kaggle_env, tmp_path):
-    session = KaggleSession(find_credentials(), endpoint=f"http://127.0.0.1:{_free_port()}")  # default policy
+def test_a_down_server_fails_in_seconds(kaggle_env, tmp_path, monkeypatch):
+    from kagglesdk.kaggle_env import KaggleEnv, _env_to_endpoint
+
+    monkeypatch.setitem(_env_to_endpoint, KaggleEnv.PROD, f"http://127.0.0.1:{_free_port()}")
+    session = KaggleSession(find_credentials())  # the default policy
     started = time.monotonic()
     with pytest.raises(KaggleError, match="cannot connect to 127.0.0.1.*gave up after 4 attempt"):
         session.kernel_status("alice/ichkaggle-train-fold0")
     assert time.monotonic() - started < 15
 
 
-def test_a_hanging_server_times_out(kaggle_env):
+def test_a_hanging_server_times_out(kaggle_env, monkeypatch):
+    from kagglesdk.kaggle_env import KaggleEnv, _env_to_endpoint
+
     with socket.socket() as sock:  # accepts connections, never answers
         sock.bind(("127.0.0.1", 0))
         sock.listen(8)
-        port = sock.getsockname()[1]
-        session = KaggleSession(find_credentials(), endpoint=f"http://127.0.0.1:{port}", timeout=(1.0, 0.3),
-                                attempts=2, first_delay=0.05)
+        monkeypatch.setitem(_env_to_endpoint, KaggleEnv.PROD, f"http://127.0.0.1:{sock.getsockname()[1]}")
+        session = KaggleSession(find_credentials(), timeout=0.3, attempts=2, first_delay=0.05)
         started = time.monotonic()
-        with pytest.raises(KaggleError, match="timed out.*gave up after 2"):
+        with pytest.raises(KaggleError, match="no answer.*within 0.3s.*gave up after 2"):
             session.kernel_status("alice/ichkaggle-train-fold0")
         assert time.monotonic() - started < 5
 

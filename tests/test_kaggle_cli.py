@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +24,10 @@ if importlib.util.find_spec("kaggle") is None:  # find, not import: `import kagg
 from ichkaggle.bundle import build_bundle  # noqa: E402
 from ichkaggle.cli import main  # noqa: E402
 from ichkaggle.kaggle_flow import parse_folds, set_variables  # noqa: E402
-from ichkaggle.labels import long_ids  # noqa: E402
+from ichkaggle.labels import FILE_ORDER  # noqa: E402
+from ichkaggle.tables import long_ids  # noqa: E402
 
-from .fake_kaggle import files_containing, kaggle_env  # noqa: E402,F401,F811  (a fixture)
+from .fake_kaggle import FakeKaggle, files_containing, kaggle_env  # noqa: E402,F401,F811  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--poll", "0.01"]
@@ -46,7 +50,7 @@ def work(kaggle_env, tmp_path, monkeypatch, capsys):
 
 def _submission(tmp_path: Path, n: int = 5, bad: bool = False) -> tuple[Path, Path]:
     ids = [f"ID_{i:09x}" for i in range(1, n + 1)]
-    rows = long_ids(ids)
+    rows = long_ids(ids, FILE_ORDER)
     sample = tmp_path / "sample.csv"
     pd.DataFrame({"ID": rows, "Label": 0.5}).to_csv(sample, index=False)
     values = np.linspace(0.01, 0.99, len(rows))
@@ -259,10 +263,12 @@ def test_a_submission_scored_error_exits_non_zero(work, tmp_path, capsys):
 def test_a_down_server_is_a_quick_clear_error(work, tmp_path, monkeypatch, capsys):
     import socket
 
+    from kagglesdk.kaggle_env import KaggleEnv, _env_to_endpoint
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    monkeypatch.setenv("ICHKAGGLE_KAGGLE_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setitem(_env_to_endpoint, KaggleEnv.PROD, f"http://127.0.0.1:{port}")
     csv, sample = _submission(tmp_path)
     assert main(["submit", str(csv), "-m", "x", "--sample", str(sample)]) == 2
     assert "cannot connect to 127.0.0.1" in capsys.readouterr().err
@@ -343,3 +349,47 @@ def test_a_failed_kernel_without_outputs_still_reports_its_failure(work, tmp_pat
     assert "no outputs or log to fetch" in printed.out
     assert "ended ERROR: Kernel startup failed (see https://www.kaggle.com/code/alice/ichkaggle-train-fold0)" \
         in printed.err
+
+
+# ----------------------------------------------------------------------------- the client's own ways to a server
+
+
+def _cli(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """``ichkaggle ...`` in a fresh process: only the environment points the client anywhere."""
+    return subprocess.run([sys.executable, "-m", "ichkaggle.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=ROOT)
+
+
+def _clean_env(fake) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy") and "KAGGLE" not in k}
+    return {**env, "KAGGLE_USERNAME": fake.username, "KAGGLE_KEY": fake.key}
+
+
+def test_submit_reaches_a_local_server_through_kaggle_api_environment_and_a_proxy(kaggle_env, tmp_path):
+    fake = kaggle_env
+    csv, sample = _submission(tmp_path)
+    env = {**_clean_env(fake), "KAGGLE_API_ENVIRONMENT": "LOCALHOST", "HTTP_PROXY": fake.url}
+    done = _cli(["submit", str(csv), "-m", "via proxy", "--sample", str(sample)], env)
+    assert done.returncode == 0, done.stderr
+    assert [s.description for s in fake.submissions] == ["via proxy"]
+    assert any(r.path.startswith("http://localhost/api/v1/") for r in fake.calls("CreateSubmission"))
+    assert fake.key not in done.stdout + done.stderr
+
+
+def test_submit_reaches_a_local_server_on_port_80(tmp_path):
+    import secrets
+
+    key = secrets.token_hex(16)
+    try:
+        fake = FakeKaggle("alice", key, port=80).start()
+    except OSError as err:  # not root, or port 80 taken: the way cannot be tried on this machine
+        pytest.skip(f"cannot listen on port 80 here: {err}")
+    try:
+        env = {**_clean_env(fake), "KAGGLE_API_ENVIRONMENT": "LOCALHOST", "HOME": str(tmp_path),
+               "NO_PROXY": "localhost,127.0.0.1"}
+        csv, sample = _submission(tmp_path)
+        done = _cli(["submit", str(csv), "-m", "port 80", "--sample", str(sample)], env)
+        assert done.returncode == 0, done.stderr
+        assert [s.description for s in fake.submissions] == ["port 80"]
+    finally:
+        fake.stop()

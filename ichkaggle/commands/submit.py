@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..kaggle_api import COMPETITION
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("submission_csv", metavar="SUBMISSION_CSV", help="the submission to upload")
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the competition's stage_2_sample_submission.csv to check against")
     parser.add_argument("--dry-run", action="store_true", help="check and show what would be submitted; send nothing")
     parser.add_argument("--wait", action="store_true", help="poll until the submission is scored")
-    parser.add_argument("--competition", default="rsna-intracranial-hemorrhage-detection", help="competition slug")
+    parser.add_argument("--competition", default=COMPETITION, help="competition slug")
     parser.add_argument("--poll", type=float, default=10.0, metavar="SECONDS",
                         help="first polling interval (it grows to 60 s)")
     parser.add_argument("--max-wait", type=float, default=2 * 3600, metavar="SECONDS",
