@@ -320,9 +320,3 @@ def read_stored(path: str | os.PathLike, fast: bool = True) -> tuple[np.ndarray,
         pixels = stored_pixels(fields, path)
         rescale = rescale_of(fields)
         return pixels, rescale, slice_meta(fields, Path(path).stem, rescale)
-
-
-def read_hu(path: str | os.PathLike, fast: bool = True) -> tuple[np.ndarray, SliceMeta]:
-    """One file -> (HU as float32 H x W, metadata)."""
-    pixels, rescale, meta = read_stored(path, fast)
-    return rescale.apply(pixels), meta

@@ -9,15 +9,16 @@ mis-encoding.
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from .dicom import quiet_validation
+from .files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -134,12 +135,7 @@ def _slice_dataset(header: SeriesHeader, sop_uid: str, index: int, stored: np.nd
 
 def write_slice(path: str | os.PathLike, ds: Dataset) -> None:
     """Write atomically (temp + rename) so an interrupted synth never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with quiet_validation():
-            ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    buffer = io.BytesIO()
+    with quiet_validation():
+        ds.save_as(buffer, enforce_file_format=True)
+    write_atomic(path, buffer.getvalue())

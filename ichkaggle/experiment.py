@@ -1,19 +1,25 @@
 """Experiments as data: a TOML file -> a validated, resolved Experiment (no torch here).
 
 Why: the seed's EXP blocks lived in notebook cells; as files they can be diffed, reviewed,
-bundled to Kaggle and written next to the weights they produced.
+bundled to Kaggle and written next to the weights they produced. Every key is checked for
+its type and range before any minute of training is spent, and a mistake names the file,
+the table and the key.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+#: fastai's Adam decouples weight decay by default (``decouple_wd=True``), so "adamw" is
+#: the same optimizer under the name most people know it by
 OPTIMIZERS = ("adam", "radam", "sgd", "adamw")
 SCHEDULES = ("one_cycle", "flat_cos")
 
@@ -74,12 +80,9 @@ class Experiment:
     predict: PredictConfig = field(default_factory=PredictConfig)
     description: str = ""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def to_toml(self) -> str:
         """The resolved experiment as TOML (written next to the weights it made)."""
-        data = self.to_dict()
+        data = asdict(self)
         lines = [f"name = {_toml_value(data.pop('name'))}", f"description = {_toml_value(data.pop('description'))}"]
         phases = data.pop("phases")
         for section, values in data.items():
@@ -100,20 +103,46 @@ def _toml_value(value) -> str:
     return f'"{text}"'
 
 
-def _build(cls, values: dict, where: str):
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(values) - set(known)
+# ----------------------------------------------------------------------------- reading
+
+
+_EXPECTED = {bool: "true or false", int: "a whole number", float: "a number", str: "a string in quotes",
+             tuple: "a list of strings, e.g. [\"brain\", \"subdural\"]"}
+
+
+def _typed(value, annotation, where: str):
+    """``value`` as the field's type (an int may stand for a float), or a UserError naming ``where``."""
+    args = typing.get_args(annotation)
+    if type(None) in args:  # "X | None": TOML has no null, so a given value must be an X
+        annotation = next(a for a in args if a is not type(None))
+    kind = typing.get_origin(annotation) or annotation
+    if kind is tuple and isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]  # windows = "brain,subdural,bone"
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        tuple: isinstance(value, list) and all(isinstance(v, str) for v in value),
+    }[kind]
+    if not ok:
+        raise UserError(f"{where} = {value!r}: expected {_EXPECTED[kind]}")
+    return float(value) if kind is float else tuple(value) if kind is tuple else value
+
+
+def _build(cls, values, where: str):
+    if not isinstance(values, dict):
+        raise UserError(f"{where}: expected a table of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(values) - set(known))
     if unknown:
-        raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    clean = {}
-    for key, value in values.items():
-        if key == "windows":
-            value = tuple(value) if isinstance(value, (list, tuple)) else tuple(str(value).split(","))
-        clean[key] = value
-    try:
-        return cls(**clean)
-    except TypeError as err:
-        raise UserError(f"{where}: {err}") from None
+        raise UserError(f"{where}: unknown key(s) {unknown}; known: {known}")
+    missing = [f.name for f in fields(cls)
+               if f.name not in values and f.default is MISSING and f.default_factory is MISSING]
+    if missing:
+        raise UserError(f"{where}: missing key(s) {missing}")
+    return cls(**{key: _typed(value, hints[key], f"{where} {key}") for key, value in values.items()})
 
 
 def resolve_path(name_or_path: str | os.PathLike) -> Path:
@@ -145,12 +174,15 @@ def load_experiment(name_or_path: str | os.PathLike, **data_overrides) -> Experi
     unknown = set(raw) - top
     if unknown:
         raise UserError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(top)}")
+    phases = raw.get("phases", [])
+    if not isinstance(phases, list):
+        raise UserError(f"{where} phases: expected [[phases]] tables")
     experiment = Experiment(
-        name=str(raw.get("name", path.stem)),
-        description=str(raw.get("description", "")),
+        name=_typed(raw.get("name", path.stem), str, f"{where} name"),
+        description=_typed(raw.get("description", ""), str, f"{where} description"),
         model=_build(ModelConfig, raw.get("model", {}), f"{where} [model]"),
         data=_build(DataConfig, raw.get("data", {}), f"{where} [data]"),
-        phases=tuple(_build(Phase, p, f"{where} [[phases]] #{i + 1}") for i, p in enumerate(raw.get("phases", []))),
+        phases=tuple(_build(Phase, p, f"{where} [[phases]] #{i + 1}") for i, p in enumerate(phases)),
         predict=_build(PredictConfig, raw.get("predict", {}), f"{where} [predict]"),
     )
     if data_overrides:
@@ -159,28 +191,59 @@ def load_experiment(name_or_path: str | os.PathLike, **data_overrides) -> Experi
     return experiment
 
 
+# ----------------------------------------------------------------------------- ranges
+
+
+def _check(ok: bool, where: str, value, expected: str) -> None:
+    if not ok:
+        raise UserError(f"{where} = {value!r}: {expected}")
+
+
 def validate(experiment: Experiment, where: str = "experiment") -> None:
-    """Errors that name the key, before any minute of training is spent."""
-    data = experiment.data
+    """Ranges and names, each error naming the table and key, before any training starts."""
+    data, model, predict = experiment.data, experiment.model, experiment.predict
     if not experiment.phases:
         raise UserError(f"{where}: no [[phases]]: nothing to train")
     for i, phase in enumerate(experiment.phases, 1):
-        if phase.optimizer not in OPTIMIZERS:
-            raise UserError(f"{where} phase {i} optimizer {phase.optimizer!r}: choose from {OPTIMIZERS}")
-        if phase.schedule not in SCHEDULES:
-            raise UserError(f"{where} phase {i} schedule {phase.schedule!r}: choose from {SCHEDULES}")
-        if phase.epochs < 1 or not phase.lr > 0:
-            raise UserError(f"{where} phase {i}: epochs must be >= 1 and lr > 0")
-    if not 0 <= data.fold < data.n_folds:
-        raise UserError(f"{where} [data] fold {data.fold}: must be in 0..{data.n_folds - 1}")
-    if data.size < 16 or data.batch_size < 1:
-        raise UserError(f"{where} [data]: size >= 16 and batch_size >= 1 required")
-    if not 0 < data.negative_fraction <= 1:
-        raise UserError(f"{where} [data] negative_fraction {data.negative_fraction}: must be in (0, 1]")
-    if data.source not in ("images", "dicom"):
-        raise UserError(f"{where} [data] source {data.source!r}: 'images' or 'dicom'")
-    if experiment.model.normalize not in ("imagenet", "none"):
-        raise UserError(f"{where} [model] normalize {experiment.model.normalize!r}: 'imagenet' or 'none'")
+        at = f"{where} [[phases]] #{i}"
+        _check(phase.optimizer in OPTIMIZERS, f"{at} optimizer", phase.optimizer, f"choose one of {OPTIMIZERS}")
+        _check(phase.schedule in SCHEDULES, f"{at} schedule", phase.schedule, f"choose one of {SCHEDULES}")
+        _check(phase.epochs >= 1, f"{at} epochs", phase.epochs, "must be >= 1")
+        _check(phase.lr > 0, f"{at} lr", phase.lr, "must be > 0")
+        _check(0 < phase.pct_start < 1, f"{at} pct_start", phase.pct_start, "must be in (0, 1)")
+        _check(phase.weight_decay is None or phase.weight_decay >= 0, f"{at} weight_decay", phase.weight_decay,
+               "must be >= 0")
+    at = f"{where} [data]"
+    _check(data.n_folds >= 2, f"{at} n_folds", data.n_folds, "must be >= 2")
+    _check(0 <= data.fold < data.n_folds, f"{at} fold", data.fold, f"must be in 0..{data.n_folds - 1}")
+    _check(data.size >= 16, f"{at} size", data.size, "must be >= 16 pixels")
+    _check(data.batch_size >= 1, f"{at} batch_size", data.batch_size, "must be >= 1")
+    _check(0 < data.negative_fraction <= 1, f"{at} negative_fraction", data.negative_fraction, "must be in (0, 1]")
+    _check(data.source in ("images", "dicom"), f"{at} source", data.source, "'images' or 'dicom'")
+    _check(data.max_rotate >= 0 and data.max_warp >= 0 and data.max_lighting >= 0, f"{at} max_rotate/warp/lighting",
+           (data.max_rotate, data.max_warp, data.max_lighting), "must be >= 0")
+    _check(data.max_zoom >= 1, f"{at} max_zoom", data.max_zoom, "must be >= 1")
+    _check(data.num_workers >= -1, f"{at} num_workers", data.num_workers, "must be >= 0, or -1 for automatic")
+    _check(model.normalize in ("imagenet", "none"), f"{where} [model] normalize", model.normalize,
+           "'imagenet' or 'none'")
+    _check(predict.tta_n >= 1, f"{where} [predict] tta_n", predict.tta_n, "must be >= 1")
+    _check(0 <= predict.tta_beta <= 1, f"{where} [predict] tta_beta", predict.tta_beta, "must be in [0, 1]")
     from .windowing import parse_windows
 
-    parse_windows(list(data.windows))
+    try:
+        parse_windows(list(data.windows))
+    except UserError as err:
+        raise UserError(f"{at} windows: {err}") from None
+    check_arch(model.arch, f"{where} [model] arch")
+
+
+def check_arch(arch: str, where: str) -> None:
+    """An unknown timm name is an error here, not an hour into a Kaggle session (needs timm;
+    without the train extra there is no model to build, so nothing to check)."""
+    if importlib.util.find_spec("timm") is None:
+        return
+    import timm
+
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
+        raise UserError(f"{where} = {arch!r}: not a timm model name" + (f" (e.g. {', '.join(close)})" if close else ""))

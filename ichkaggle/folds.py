@@ -40,7 +40,8 @@ def assign_folds(patients, labels, k: int = 5, seed: int = 0) -> np.ndarray:
     codes, uniques = pd.factorize(patients)
     n_groups = len(uniques)
     if n_groups < k:
-        raise ValueError(f"{n_groups} patients cannot fill {k} folds")
+        raise TableError(f"{n_groups} patients cannot fill {k} folds: lower [data] n_folds (or --k) to at most "
+                         f"{n_groups}, or add data")
     # per-patient counts: six labels + images
     stats = np.zeros((n_groups, len(LABELS) + 1))
     np.add.at(stats, codes, np.c_[labels.astype(np.float64) != 0, np.ones(len(codes))])

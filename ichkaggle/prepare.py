@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -24,57 +24,13 @@ from tqdm import tqdm
 from .dicom import DicomReadError, read_stored
 from .errors import UserError
 from .files import write_atomic
-from .windowing import DEFAULT_WINDOWS, Window, window_linear, window_stored
+from .prepared import IMAGES, JPEG_SAMPLING, METADATA, PNG_FILTERS, SETTINGS, PrepareSettings, read_settings
+from .tables import write_csv
+from .windowing import window_linear, window_stored
 
-FORMATS = ("png", "jpg", "npy")
 JOURNAL = ".prepare-journal.jsonl"
-SETTINGS = "prepare.json"
-METADATA = "metadata.csv"
 #: metadata.csv's leading columns (the contract); the slice metadata follows.
 LEAD_COLUMNS = ["ID", "status", "error", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "position", "rank"]
-
-
-_JPEG_SAMPLING = {"420": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420, "444": cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444}
-_PNG_FILTERS = {
-    "none": cv2.IMWRITE_PNG_FILTER_NONE,
-    "sub": cv2.IMWRITE_PNG_FILTER_SUB,
-    "up": cv2.IMWRITE_PNG_FILTER_UP,
-    "paeth": cv2.IMWRITE_PNG_FILTER_PAETH,
-    "adaptive": cv2.IMWRITE_PNG_ALL_FILTERS,
-}
-
-
-@dataclass(frozen=True)
-class PrepareSettings:
-    """What determines the bytes of an output image; a resumed run must use the same."""
-
-    size: int | None  # None = native
-    windows: tuple[Window, ...] = DEFAULT_WINDOWS
-    format: str = "png"
-    jpeg_quality: int = 95
-    #: "420" halves colour resolution (fast, small, the usual Kaggle JPEG); "444" keeps every
-    #: window at full resolution, at twice the encoding time
-    jpeg_subsampling: str = "420"
-    png_compression: int = 1
-    png_filter: str = "none"  # fastest here, and no larger on CT slices than adaptive filtering
-
-    def __post_init__(self):
-        if self.jpeg_subsampling not in _JPEG_SAMPLING:
-            raise UserError(f"JPEG subsampling {self.jpeg_subsampling!r}: choose 420 or 444")
-        if self.format not in FORMATS:
-            raise UserError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
-        if self.size is not None and self.size < 1:
-            raise UserError(f"--size {self.size}: must be a positive number of pixels")
-        channels = len(self.windows)
-        if self.format == "jpg" and channels not in (1, 3):
-            raise UserError(f"{channels} windows: JPEG holds 1 or 3 channels (use --format png for 4, npy for any)")
-        if self.format == "png" and channels not in (1, 3, 4):
-            raise UserError(f"{channels} windows: PNG holds 1, 3 or 4 channels (use --format npy for any count)")
-
-    def as_json(self) -> dict:
-        data = asdict(self)
-        data["windows"] = [[w.center, w.width, w.name] for w in self.windows]
-        return data
 
 
 def render(stored: np.ndarray, rescale, settings: PrepareSettings) -> np.ndarray:
@@ -114,32 +70,17 @@ def encode(image: np.ndarray, settings: PrepareSettings) -> bytes:
     if settings.format == "png":
         params = [
             cv2.IMWRITE_PNG_COMPRESSION, settings.png_compression,
-            cv2.IMWRITE_PNG_FILTER, _PNG_FILTERS[settings.png_filter],
+            cv2.IMWRITE_PNG_FILTER, PNG_FILTERS[settings.png_filter],
         ]
     else:
         params = [
             cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality,
-            cv2.IMWRITE_JPEG_SAMPLING_FACTOR, _JPEG_SAMPLING[settings.jpeg_subsampling],
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR, JPEG_SAMPLING[settings.jpeg_subsampling],
         ]
     ok, data = cv2.imencode(f".{settings.format}", pixels, params)
     if not ok:  # pragma: no cover - OpenCV only fails on impossible shapes, rejected above
         raise RuntimeError(f"OpenCV could not encode a {image.shape} image as {settings.format}")
     return data.tobytes()
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """A prepared image back as H x W x C uint8 in window order (the inverse of ``encode``)."""
-    path = Path(path)
-    if path.suffix == ".npy":
-        return np.load(path)
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise UserError(f"{path}: cannot read image")
-    if image.ndim == 2:
-        return image[..., None]
-    if image.shape[2] == 3:
-        return image[..., ::-1]
-    return image[..., [2, 1, 0, 3]]
 
 
 def process_file(source: str, image_path: str, settings: PrepareSettings) -> dict:
@@ -155,11 +96,6 @@ def process_file(source: str, image_path: str, settings: PrepareSettings) -> dic
     row = meta.as_row()
     row.update(status="ok", error="", source=source)
     return row
-
-
-def _process_chunk(args: tuple[list[tuple[str, str]], PrepareSettings]) -> list[dict]:
-    jobs, settings = args
-    return [process_file(source, target, settings) for source, target in jobs]
 
 
 def find_dicoms(src: str | os.PathLike) -> list[Path]:
@@ -220,17 +156,13 @@ class PrepareResult:
 
 
 def _check_settings(out: Path, settings: PrepareSettings) -> None:
-    path = out / SETTINGS
-    wanted = settings.as_json()
-    if path.exists():
-        existing = json.loads(path.read_text())
-        if existing != wanted:
-            raise UserError(
-                f"{out} was prepared with other settings ({existing}); "
-                f"use another OUT directory or delete it to start over"
-            )
-    else:
-        path.write_text(json.dumps(wanted, indent=2))
+    if not (out / SETTINGS).exists():
+        write_atomic(out / SETTINGS, json.dumps(settings.as_json(), indent=2).encode())
+        return
+    existing = read_settings(out)
+    if existing != settings:
+        raise UserError(f"{out} was prepared with other settings ({existing.describe()}, not {settings.describe()}); "
+                        "use another OUT directory or delete it to start over")
 
 
 def _finished(out: Path, suffix: str) -> dict[str, dict]:
@@ -248,7 +180,7 @@ def _finished(out: Path, suffix: str) -> dict[str, dict]:
             except json.JSONDecodeError:
                 continue  # a line cut by an interruption: that file is redone
             rows[row["ID"]] = row
-    images = out / "images"
+    images = out / IMAGES
     return {k: v for k, v in rows.items() if v.get("status") == "ok" and (images / f"{k}{suffix}").exists()}
 
 
@@ -263,7 +195,7 @@ def prepare(
     """Run the whole batch; safe to interrupt and run again with the same arguments."""
     out = Path(out)
     sources = find_dicoms(src)
-    images = out / "images"
+    images = out / IMAGES
     images.mkdir(parents=True, exist_ok=True)
     _check_settings(out, settings)
     suffix = f".{settings.format}"
@@ -279,13 +211,11 @@ def prepare(
         total=len(sources), initial=len(rows), desc="prepare", unit="img", disable=not show_progress
     ) as progress:
         for row in _run_jobs(todo, settings, workers, chunk):
-            journal.write(json.dumps(row, default=_json_default) + "\n")
+            journal.write(json.dumps(row) + "\n")
             rows.append(row)
             progress.update(1)
     frame = metadata_frame(rows) if rows else pd.DataFrame(columns=LEAD_COLUMNS)
-    tmp = out / f".{METADATA}.tmp"
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, out / METADATA)
+    write_csv(frame, out / METADATA)
     (out / JOURNAL).unlink(missing_ok=True)  # metadata.csv now holds every row
     failed = int((frame["status"] == "failed").sum()) if len(frame) else 0
     return PrepareResult(out, len(sources), len(todo), len(sources) - len(todo), failed, frame)
@@ -293,20 +223,8 @@ def prepare(
 
 def _run_jobs(todo: Sequence[tuple[str, str]], settings: PrepareSettings, workers: int, chunk: int):
     if workers == 1 or len(todo) <= chunk:
-        for source, target in todo:
-            yield process_file(source, target, settings)
+        yield from (process_file(source, target, settings) for source, target in todo)
         return
-    chunks = [(list(todo[i : i + chunk]), settings) for i in range(0, len(todo), chunk)]
+    sources, targets = zip(*todo)
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for rows in pool.map(_process_chunk, chunks):
-            yield from rows
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return float(value)
-    if isinstance(value, (np.bool_,)):
-        return bool(value)
-    raise TypeError(type(value).__name__)
+        yield from pool.map(process_file, sources, targets, [settings] * len(todo), chunksize=chunk)

@@ -9,6 +9,7 @@ checkpoint and a CSV log per phase. Pretrained weights come only from a local fi
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import sys
@@ -43,6 +44,7 @@ from fastai.data.transforms import Normalize
 from . import LABELS, __version__
 from .errors import UserError
 from .experiment import Experiment
+from .files import write_atomic
 from .metric import fastai_metric, per_label_log_loss, weighted_log_loss
 
 OPTIMIZERS = {"adam": Adam, "radam": RAdam, "sgd": SGD, "adamw": Adam}
@@ -349,9 +351,9 @@ def _valid_predictions(learn, loader) -> tuple[np.ndarray, np.ndarray]:
 
 def save_weights(learn, path: Path) -> None:
     """Model weights only (portable: no optimizer, no pickled code), atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(learn.model.state_dict(), tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(learn.model.state_dict(), buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def load_weights(learn, path: str | os.PathLike) -> None:

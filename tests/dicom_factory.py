@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ichkaggle.dicom import quiet_validation
+from ichkaggle.dicom import quiet_validation, read_stored
 from ichkaggle.dicom_write import ENCODING_BY_NAME, SeriesHeader, encode_hu, slice_dataset, write_slice
 
 
@@ -33,3 +33,9 @@ def write(path: Path, hu: np.ndarray, encoding: str = "signed16", index: int = 0
             mutate(ds)
     write_slice(path, ds)
     return path
+
+
+def read_hu(path, fast: bool = True):
+    """(HU as float32, metadata) of a file, through the package's reader."""
+    stored, rescale, meta = read_stored(path, fast)
+    return rescale.apply(stored), meta

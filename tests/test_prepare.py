@@ -12,10 +12,15 @@ from ichkaggle import prepare as prepare_module
 from ichkaggle.cli import main
 from ichkaggle.dicom import read_stored
 from ichkaggle.errors import UserError
-from ichkaggle.prepare import LEAD_COLUMNS, PrepareSettings, prepare, read_image, render
+from ichkaggle.prepare import LEAD_COLUMNS, PrepareSettings, prepare, render
+from ichkaggle.prepared import decode_image
 from ichkaggle.windowing import DEFAULT_WINDOWS, parse_windows, window_reference, window_stored
 
 from .conftest import REAL_SAMPLE
+
+
+def read_image(path):
+    return decode_image(path.read_bytes(), path.suffix[1:])
 
 
 def _settings(**kw):

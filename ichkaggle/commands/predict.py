@@ -22,12 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     import pandas as pd
 
     from ..errors import UserError
     from ..experiment import load_experiment
+    from ..prepared import IMAGES, read_settings
     from ..submission import check_submission, write_submission
     from ..training import predict
 
@@ -35,8 +34,8 @@ def run(args: argparse.Namespace) -> int:
     prepared = Path(args.prepared)
     metadata = pd.read_csv(prepared / "metadata.csv", keep_default_na=False)
     ok = metadata[metadata["status"] == "ok"]
-    fmt = json.loads((prepared / "prepare.json").read_text())["format"]
-    paths = [str(prepared / "images" / f"{i}.{fmt}") for i in ok["ID"]]
+    fmt = read_settings(prepared).format
+    paths = [str(prepared / IMAGES / f"{i}.{fmt}") for i in ok["ID"]]
     probs = predict(paths, experiment, args.weights, tta=not args.no_tta)
     failed = int((metadata["status"] != "ok").sum())
     fill = None

@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if args.dicom:
         items = image_items(folds, Path(args.dicom), suffix=".dcm")
     else:
-        suffix = "." + __import__("json").loads((prepared / "prepare.json").read_text())["format"]
-        items = image_items(folds, prepared / "images", suffix=suffix)
+        from ..prepared import IMAGES, read_settings
+
+        items = image_items(folds, prepared / IMAGES, suffix="." + read_settings(prepared).format)
     out = Path(args.out or f"runs/{experiment.name}/fold{experiment.data.fold}")
     result = train(items, experiment, out, resume=args.resume)
     if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
