@@ -16,7 +16,8 @@ from .errors import UserError
 #: name -> (module under ichkaggle.commands, one-line help). The order is the --help order.
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "write a competition-shaped synthetic dataset of phantom head CTs"),
-    "prepare": ("prepare", "DICOM files -> windowed PNG/JPEG images + metadata.csv (resumable)"),
+    "prepare": ("prepare", "DICOM files -> windowed PNG/JPEG images + metadata.csv (resumable, --pack)"),
+    "pack": ("pack", "pack a prepared folder's loose images into a few shard files + an index"),
     "labels": ("labels", "long training CSV -> one row per image (six 0/1 columns + fastai labels)"),
     "folds": ("folds", "patient-grouped, label-stratified folds from metadata.csv + labels"),
     "score": ("score", "competition metric of a predictions CSV against a truth CSV"),

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .dicom import DicomReadError, read_stored
 from .errors import UserError
 from .files import write_atomic
+from .pack import INDEX, JOURNAL as PACK_JOURNAL, SHARDS, ShardWriter, append_journal, journal_rows, read_index, write_index
 from .prepared import IMAGES, JPEG_SAMPLING, METADATA, PNG_FILTERS, SETTINGS, PrepareSettings, read_settings
 from .tables import write_csv
 from .windowing import window_linear, window_stored
@@ -83,19 +84,24 @@ def encode(image: np.ndarray, settings: PrepareSettings) -> bytes:
     return data.tobytes()
 
 
-def process_file(source: str, image_path: str, settings: PrepareSettings) -> dict:
-    """One DICOM -> one image on disk; returns its metadata row (status ok/failed, never raises)."""
+def process_file(source: str, image_path: str | None, settings: PrepareSettings) -> tuple[dict, bytes | None]:
+    """One DICOM -> (its metadata row, status ok/failed; never raises) and the encoded image,
+    written to ``image_path`` when given (then None is returned), else handed back to pack."""
     image_id = Path(source).stem
     try:
         stored, rescale, meta = read_stored(source)
-        write_atomic(image_path, encode(render(stored, rescale, settings), settings))
+        data = encode(render(stored, rescale, settings), settings)
+        if image_path is not None:
+            write_atomic(image_path, data)
+            data = None
     except DicomReadError as err:
-        return {"ID": image_id, "status": "failed", "error": f"{err.kind}: {err.reason}", "source": source}
+        return {"ID": image_id, "status": "failed", "error": f"{err.kind}: {err.reason}", "source": source}, None
     except Exception as err:  # a bug or an odd file must not end the batch: record it
-        return {"ID": image_id, "status": "failed", "error": f"unexpected {type(err).__name__}: {err}", "source": source}
+        return ({"ID": image_id, "status": "failed", "error": f"unexpected {type(err).__name__}: {err}",
+                 "source": source}, None)
     row = meta.as_row()
     row.update(status="ok", error="", source=source)
-    return row
+    return row, data
 
 
 def find_dicoms(src: str | os.PathLike) -> list[Path]:
@@ -143,9 +149,10 @@ class PrepareResult:
     metadata: pd.DataFrame
 
     def describe(self) -> str:
+        images = self.out / (SHARDS if (self.out / SHARDS / INDEX).exists() else IMAGES)
         text = (
             f"{self.total} files: {self.processed} processed, {self.skipped} already done, "
-            f"{self.failed} failed -> {self.out / 'images'}, {self.out / METADATA}"
+            f"{self.failed} failed -> {images}, {self.out / METADATA}"
         )
         failures = self.metadata[self.metadata["status"] == "failed"]
         for _, row in failures.head(10).iterrows():
@@ -165,23 +172,30 @@ def _check_settings(out: Path, settings: PrepareSettings) -> None:
                         "use another OUT directory or delete it to start over")
 
 
-def _finished(out: Path, suffix: str) -> dict[str, dict]:
-    """Rows of files already done (journal + earlier metadata.csv) whose image exists."""
+def _earlier_rows(out: Path) -> dict[str, dict]:
+    """Metadata rows of files done before (an earlier metadata.csv, then the journal)."""
     rows: dict[str, dict] = {}
-    metadata = out / METADATA
-    if metadata.exists():
-        for row in pd.read_csv(metadata, keep_default_na=False, na_values=[""]).to_dict("records"):
+    if (out / METADATA).exists():
+        for row in pd.read_csv(out / METADATA, keep_default_na=False, na_values=[""]).to_dict("records"):
             rows[row["ID"]] = row
-    journal = out / JOURNAL
-    if journal.exists():
-        for line in journal.read_text().splitlines():
+    if (out / JOURNAL).exists():
+        for line in (out / JOURNAL).read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by an interruption: that file is redone
             rows[row["ID"]] = row
-    images = out / IMAGES
-    return {k: v for k, v in rows.items() if v.get("status") == "ok" and (images / f"{k}{suffix}").exists()}
+    return rows
+
+
+def _layout_check(out: Path, pack: bool) -> None:
+    packed = (out / SHARDS / INDEX).exists() or (out / SHARDS / PACK_JOURNAL).exists()
+    loose = (out / IMAGES).is_dir() and any((out / IMAGES).iterdir())
+    if pack and loose and not packed:
+        raise UserError(f"{out} holds loose images: pack them with `ichkaggle pack {out}` (then prepare --pack "
+                        "adds to it), or use another OUT")
+    if not pack and packed:
+        raise UserError(f"{out} is packed (shards/): add --pack to prepare into it")
 
 
 def prepare(
@@ -191,29 +205,61 @@ def prepare(
     workers: int | None = None,
     show_progress: bool = True,
     chunk: int = 16,
+    pack: bool = False,
 ) -> PrepareResult:
-    """Run the whole batch; safe to interrupt and run again with the same arguments."""
+    """Run the whole batch; safe to interrupt and run again with the same arguments.
+
+    ``pack`` writes the images into shards (:mod:`ichkaggle.pack`) instead of one file each;
+    a metadata row is journalled once its image is durable (its file renamed, its shard closed).
+    """
     out = Path(out)
     sources = find_dicoms(src)
-    images = out / IMAGES
-    images.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, settings)
-    suffix = f".{settings.format}"
-    done = _finished(out, suffix)
     ids = [p.stem for p in sources]
     duplicates = pd.Series(ids)[pd.Series(ids).duplicated()].unique()
     if len(duplicates):
         raise UserError(f"{len(duplicates)} file stem(s) occur twice under {src}, e.g. {list(duplicates[:3])}")
-    todo = [(str(p), str(images / f"{p.stem}{suffix}")) for p in sources if p.stem not in done]
-    workers = max(1, workers or os.cpu_count() or 1)
+    out.mkdir(parents=True, exist_ok=True)
+    _layout_check(out, pack)
+    _check_settings(out, settings)
+    earlier = _earlier_rows(out)
+    if pack:
+        existing = read_index(out) if (out / SHARDS / INDEX).exists() else None
+        index = pd.concat([existing, journal_rows(out)]).drop_duplicates("ID", keep="last")
+        stored = set(index["ID"])
+    else:
+        (out / IMAGES).mkdir(exist_ok=True)
+        stored = {p.stem for p in (out / IMAGES).glob(f"*.{settings.format}")}
+    done = {k: v for k, v in earlier.items() if v.get("status") == "ok" and k in stored}
+    todo = [p for p in sources if p.stem not in done]
     rows = [done[p.stem] for p in sources if p.stem in done]
+    workers = max(1, workers or os.cpu_count() or 1)
+    targets = [None if pack else str(out / IMAGES / f"{p.stem}.{settings.format}") for p in todo]
+    writer = ShardWriter(out) if pack else None
+    pending: list[dict] = []
     with open(out / JOURNAL, "a", buffering=1) as journal, tqdm(
         total=len(sources), initial=len(rows), desc="prepare", unit="img", disable=not show_progress
     ) as progress:
-        for row in _run_jobs(todo, settings, workers, chunk):
-            journal.write(json.dumps(row) + "\n")
-            rows.append(row)
+
+        def durable(new: list[dict]) -> None:
+            journal.write("".join(json.dumps(row) + "\n" for row in new))
+            rows.extend(new)
+
+        for row, data in _run_jobs([str(p) for p in todo], targets, settings, workers, chunk):
             progress.update(1)
+            if writer is None:
+                durable([row])
+                continue
+            pending.append(row)
+            closed = writer.add(row["ID"], data) if data is not None else []
+            if closed:  # a shard is complete: its images, and the rows waiting for it, are durable
+                append_journal(out, closed)
+                durable(pending)
+                pending = []
+        if writer is not None:
+            append_journal(out, writer.close_shard())
+            durable(pending)
+            index = pd.concat([index, journal_rows(out)]).drop_duplicates("ID", keep="last")
+            write_index(out, index[index["ID"].isin({r["ID"] for r in rows if r.get("status") == "ok"})])
     frame = metadata_frame(rows) if rows else pd.DataFrame(columns=LEAD_COLUMNS)
     write_csv(frame, out / METADATA)
     (out / JOURNAL).unlink(missing_ok=True)  # metadata.csv now holds every row
@@ -221,10 +267,10 @@ def prepare(
     return PrepareResult(out, len(sources), len(todo), len(sources) - len(todo), failed, frame)
 
 
-def _run_jobs(todo: Sequence[tuple[str, str]], settings: PrepareSettings, workers: int, chunk: int):
-    if workers == 1 or len(todo) <= chunk:
-        yield from (process_file(source, target, settings) for source, target in todo)
+def _run_jobs(sources: Sequence[str], targets: Sequence[str | None], settings: PrepareSettings, workers: int,
+              chunk: int):
+    if workers == 1 or len(sources) <= chunk:
+        yield from (process_file(source, target, settings) for source, target in zip(sources, targets))
         return
-    sources, targets = zip(*todo)
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(process_file, sources, targets, [settings] * len(todo), chunksize=chunk)
+        yield from pool.map(process_file, sources, targets, [settings] * len(sources), chunksize=chunk)

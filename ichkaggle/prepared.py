@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 from .errors import UserError
 from .windowing import DEFAULT_WINDOWS, Window
@@ -98,3 +99,81 @@ def decode_image(data: bytes, fmt: str) -> np.ndarray:
     if image.ndim == 2:
         return image[..., None]
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB if image.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
+
+
+# ----------------------------------------------------------------------------- reading images
+
+
+class CorruptImage(UserError):
+    """A packed image whose bytes are not what the index says (a truncated or damaged shard)."""
+
+
+class ImageStore:
+    """The encoded images of a prepared folder by position in a list of ids, either layout.
+
+    Picklable for loader workers: files are opened lazily in each process, and a packed
+    image costs one ``pread`` (a loose file an open, a read and a close).
+    """
+
+    def __init__(self, folder: str | os.PathLike, ids, settings: PrepareSettings | None = None):
+        from .pack import INDEX, SHARDS, read_index
+
+        self.folder = Path(folder)
+        self.settings = settings or read_settings(self.folder)
+        self.ids = np.asarray(ids, dtype=object)
+        self.packed = (self.folder / SHARDS / INDEX).exists()
+        self._fds: dict[str, int] = {}
+        if self.packed:
+            index = read_index(self.folder).set_index("ID")
+            where = index.index.get_indexer(self.ids)
+            self._check_missing(where < 0, f"{SHARDS}/{INDEX}")
+            rows = index.iloc[where]
+            self.shards = sorted(set(rows["shard"]))
+            self.shard = pd.Categorical(rows["shard"], categories=self.shards).codes.astype(np.int32)
+            self.offset = rows["offset"].to_numpy(np.int64)
+            self.length = rows["length"].to_numpy(np.int64)
+            self.crc = rows["crc32"].to_numpy(np.uint32)
+        else:
+            suffix = f".{self.settings.format}"
+            self.paths = [str(self.folder / IMAGES / f"{i}{suffix}") for i in self.ids]
+            self._check_missing(np.array([not os.path.exists(p) for p in self.paths], dtype=bool), IMAGES)
+
+    def _check_missing(self, missing: np.ndarray, where: str) -> None:
+        if missing.any():
+            raise UserError(f"{missing.sum()} image(s) not in {self.folder / where}, e.g. "
+                            f"{list(self.ids[missing][:3])}: prepared with other data, or not finished?")
+
+    @property
+    def layout(self) -> str:
+        return "packed" if self.packed else "files"
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_fds"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _fds={})
+
+    def read(self, i: int) -> bytes:
+        """The encoded bytes of image ``i``; a damaged shard is a :class:`CorruptImage`."""
+        if not self.packed:
+            with open(self.paths[i], "rb", buffering=0) as fh:
+                return fh.readall()
+        import zlib
+
+        name = self.shards[self.shard[i]]
+        fd = self._fds.get(name)
+        if fd is None:
+            fd = self._fds[name] = os.open(self.folder / "shards" / name, os.O_RDONLY)
+        data = os.pread(fd, int(self.length[i]), int(self.offset[i]))
+        if len(data) != self.length[i] or zlib.crc32(data) != self.crc[i]:
+            what = "truncated" if len(data) != self.length[i] else "damaged (CRC mismatch)"
+            raise CorruptImage(f"shards/{name} is {what} at image {self.ids[i]} (offset {self.offset[i]}, "
+                               f"{self.length[i]} bytes): prepare or pack this folder again")
+        return data
+
+    def image(self, i: int) -> np.ndarray:
+        """Image ``i`` as H x W x C uint8 in window order."""
+        return decode_image(self.read(i), self.settings.format)
