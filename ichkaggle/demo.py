@@ -14,11 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from . import LABELS
 from .errors import UserError
-from .experiment import load_experiment
+from .experiment import Experiment, load_experiment
 
 DATA_FILES = ("stage_2_train", "stage_2_test", "stage_2_train.csv", "stage_2_sample_submission.csv")
 
@@ -40,7 +39,7 @@ class DemoResult:
         return 1.0 - self.test_score / self.prior_score
 
 
-class _Stages:
+class Stages:
     """Prints each stage with its elapsed time, so a long run shows where it is."""
 
     def __init__(self, total: int):
@@ -57,6 +56,47 @@ def check_competition_dir(data: Path) -> None:
         raise UserError(f"{data}: not competition-shaped, missing {', '.join(missing)} (see DESIGN.md)")
 
 
+def competition_data(workdir: Path, data, n_train: int, n_test: int, seed: int, size: int, stage: Stages) -> Path:
+    """The given competition directory, or a synthetic one (reused when it is there)."""
+    from .synth import load_config, synthesize
+
+    if data is not None:
+        data = Path(data)
+        check_competition_dir(data)
+        stage(f"data: {data}")
+        return data
+    data = workdir / "data"
+    if (data / "stage_2_train.csv").exists():
+        stage(f"synth: reusing {data}")
+    else:
+        stage(f"synth: {n_train} train + {n_test} test phantom slices ({size} px) -> {data}")
+        summary = synthesize(data, n_train, n_test, seed, load_config(size=size))
+        print("  " + summary.describe().replace("\n", "\n  "))
+    return data
+
+
+def prepare_both(data: Path, out: Path, experiment: Experiment, workers: int | None, stage: Stages) -> None:
+    """Train and test slices, packed (a resumed run skips what is done)."""
+    from .prepare import PrepareSettings, prepare
+    from .windowing import parse_windows
+
+    settings = PrepareSettings(size=experiment.data.size, windows=parse_windows(list(experiment.data.windows)))
+    stage(f"prepare: {settings.describe()}, packed")
+    for split in ("train", "test"):
+        result = prepare(data / f"stage_2_{split}", out / split, settings, workers=workers, pack=True)
+        print("  " + result.describe().replace("\n", "\n  "))
+
+
+def score_against_truth(submission: Path, truth: Path, ids, rates, sample: Path) -> tuple[float, float]:
+    """(the submission's test score, the constant prior's) on the hidden synthetic truth."""
+    from .metric import score_files
+    from .submission import write_submission
+
+    prior = write_submission(submission.with_name("prior_submission.csv"), ids, np.tile(rates, (len(ids), 1)),
+                             sample)
+    return score_files(submission, truth).score, score_files(prior, truth).score
+
+
 def run_demo(
     workdir: str | os.PathLike = "work",
     data: str | os.PathLike | None = None,
@@ -71,108 +111,74 @@ def run_demo(
     """Run every stage; stages whose outputs exist are resumed (prepare) or reused (synth)."""
     from .folds import add_fold_column
     from .labels import read_labels_csv, write_wide_csv
-    from .metric import prior_rates, score_long
-    from .prepare import PrepareSettings, prepare
-    from .submission import check_submission, write_submission
-    from .synth import load_config, synthesize
-    from .windowing import parse_windows
+    from .prepared import read_slices
 
-    started = time.time()
-    workdir = Path(workdir)
+    started, workdir = time.time(), Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     experiment = load_experiment(config)
     if epochs is not None:
         experiment = replace(experiment, phases=tuple(replace(p, epochs=epochs) for p in experiment.phases))
-    stage = _Stages(9)
-
-    if data is None:
-        data = workdir / "data"
-        if (data / "stage_2_train.csv").exists():
-            stage(f"synth: reusing {data}")
-        else:
-            stage(f"synth: {n_train} train + {n_test} test phantom slices ({phantom_size} px) -> {data}")
-            summary = synthesize(data, n_train, n_test, seed, load_config(size=phantom_size))
-            print("  " + summary.describe().replace("\n", "\n  "))
-    else:
-        data = Path(data)
-        check_competition_dir(data)
-        stage(f"data: {data}")
-
-    settings = PrepareSettings(size=experiment.data.size, windows=parse_windows(list(experiment.data.windows)))
-    stage(f"prepare: {experiment.data.size} px, windows {', '.join(experiment.data.windows)}")
-    prepared = {}
-    for split in ("train", "test"):
-        result = prepare(data / f"stage_2_{split}", workdir / "prepared" / split, settings, workers=workers)
-        print("  " + result.describe().replace("\n", "\n  "))
-        prepared[split] = result.metadata
+    stage = Stages(9)
+    data = competition_data(workdir, data, n_train, n_test, seed, phantom_size, stage)
+    prepared = workdir / "prepared"
+    prepare_both(data, prepared, experiment, workers, stage)
 
     stage("labels: long -> wide")
     wide = read_labels_csv(data / "stage_2_train.csv")
     write_wide_csv(wide, workdir / "labels.csv")
-    rates = prior_rates(wide[list(LABELS)].to_numpy())
-    print("  " + ", ".join(f"{label} {rate:.1%}" for label, rate in zip(LABELS, rates)))
+    print("  " + ", ".join(f"{label} {rate:.1%}" for label, rate in zip(LABELS, wide[list(LABELS)].mean())))
 
     stage(f"folds: {experiment.data.n_folds} folds grouped by patient")
-    folds = add_fold_column(prepared["train"], wide, experiment.data.n_folds, experiment.data.seed)
-    folds.to_csv(workdir / "folds.csv", index=False)
-    print(f"  {len(folds)} labelled images, {folds['PatientID'].nunique()} patients; "
-          f"validation = fold {experiment.data.fold} ({int((folds['fold'] == experiment.data.fold).sum())} images)")
+    train_slices, _ = read_slices(prepared / "train")
+    table = add_fold_column(train_slices.assign(status="ok"), wide, experiment.data.n_folds, experiment.data.seed)
+    table.to_csv(workdir / "folds.csv", index=False)
+    print(f"  {len(table)} labelled images, {table['PatientID'].nunique()} patients; "
+          f"validation = fold {experiment.data.fold} ({int((table['fold'] == experiment.data.fold).sum())} images)")
 
-    from .training import image_items, predict, train  # torch only from here on
+    from .training import fill_rates, predict, train  # torch only from here on
 
     stage(f"train: {experiment.name} ({experiment.model.arch}, {sum(p.epochs for p in experiment.phases)} epochs)")
-    items = image_items(folds, workdir / "prepared" / "train" / "images")
     run_dir = workdir / "run"
-    result = train(items, experiment, run_dir)
-    print(f"  validation weighted log loss {result.metrics['valid_weighted_log_loss']:.4f}; weights {result.weights}")
+    result = train(table, prepared / "train", experiment, run_dir, resume=True)
+    metrics = result.metrics
+    print(f"  validation weighted log loss {metrics['valid_weighted_log_loss']:.4f} (calibrated; model alone "
+          f"{metrics['valid_raw']:.4f}, constant prior {metrics['valid_prior']:.4f}); weights {result.weights}")
 
     stage(f"predict: {'TTA ' if experiment.predict.tta else ''}on the test slices")
-    test_meta = prepared["test"]
-    test_ok = test_meta[test_meta["status"] == "ok"]
-    test_paths = [str(workdir / "prepared" / "test" / "images" / f"{i}.png") for i in test_ok["ID"]]
-    probs = predict(test_paths, experiment, [result.weights])
-    failed = test_meta.loc[test_meta["status"] != "ok", "ID"].tolist()
-    if failed:  # an unreadable test slice still needs rows: the prior is the honest guess
-        print(f"  {len(failed)} test slice(s) failed to prepare: predicting the prior for them")
-        probs = np.vstack([probs, np.tile(rates, (len(failed), 1))])
-    ids = list(test_ok["ID"]) + failed
+    from .submission import write_checked
+
+    test, failed = read_slices(prepared / "test")
+    probs = predict(test, prepared / "test", experiment, [result.weights])
+    if failed:  # an unreadable test slice still needs rows: the training label rates
+        print(f"  {len(failed)} test slice(s) failed to prepare: the training label rates for them")
 
     stage("submission: write + check")
     sample = data / "stage_2_sample_submission.csv"
-    submission = write_submission(workdir / "submission.csv", ids, probs, sample, steps=("clip", "any_max"))
-    report_check = check_submission(submission, sample)
-    print("  " + "\n  ".join(report_check.lines()))
-    if not report_check.ok:
+    rates = fill_rates([result.weights])
+    submission, check = write_checked(workdir / "submission.csv", test["ID"], probs, sample, rates)
+    print("  " + "\n  ".join(check.lines()))
+    if not check.ok:
         raise UserError(f"{submission} failed its own check")
 
     stage("score")
     test_score = prior_score = None
-    truth_path = data / "test_labels.csv"
-    if truth_path.exists():
-        truth = pd.read_csv(truth_path)
-        test_score = score_long(pd.read_csv(submission), truth).score
-        prior_file = write_submission(workdir / "prior_submission.csv", ids, np.tile(rates, (len(ids), 1)), sample)
-        prior_score = score_long(pd.read_csv(prior_file), truth).score
+    extra = {"submission": str(submission)}
+    if (data / "test_labels.csv").exists():
+        ids = list(test["ID"]) + failed
+        test_score, prior_score = score_against_truth(submission, data / "test_labels.csv", ids, rates, sample)
         print(f"  test weighted log loss {test_score:.4f}   constant prior {prior_score:.4f}   "
               f"improvement {1 - test_score / prior_score:.1%}")
+        extra.update({"test weighted log loss": f"{test_score:.4f}", "constant-prior log loss": f"{prior_score:.4f}",
+                      "improvement over prior": f"{1 - test_score / prior_score:.1%}"})
     else:
         print("  no test_labels.csv (a real competition hides them): submit to get a score")
 
     stage("report")
-    valid_paths = [str(p) for p in items.set_index("ID").loc[result.valid_ids, "path"]]
-    extra = {"submission": str(submission)}
-    if test_score is not None:
-        extra.update({
-            "test weighted log loss": f"{test_score:.4f}",
-            "constant-prior log loss": f"{prior_score:.4f}",
-            "improvement over prior": f"{1 - test_score / prior_score:.1%}",
-        })
-    from .report import write_report
+    from .report import write_run_report
 
-    report = write_report(run_dir, experiment, result.history, result.metrics, valid_paths,
-                          result.valid_targets, result.valid_preds, extra)
+    report = write_run_report(result, experiment, table, prepared / "train", extra=extra)
     print(f"  {report}")
     seconds = time.time() - started
     print(f"done in {seconds:.0f}s: {submission}")
-    return DemoResult(workdir, submission, report, result.metrics["valid_weighted_log_loss"], test_score,
-                      prior_score, seconds)
+    return DemoResult(workdir, submission, report, metrics["valid_weighted_log_loss"], test_score, prior_score,
+                      seconds)

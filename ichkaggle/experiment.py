@@ -50,6 +50,19 @@ class DataConfig:
     negative_fraction: float = 1.0
     weighted_sampler: bool = False
     num_workers: int = -1  # -1: 0 on CPU (2 workers halve throughput on 2 cores), 4 on GPU
+    #: images per training epoch: 1.0 = all, a fraction of them, or a count (> 1); each epoch
+    #: takes the next ones of a fresh permutation, so short epochs still cover the data
+    samples_per_epoch: float = 1.0
+    #: validation images scored after each epoch (a fixed subset; 0 = all); the kept model is
+    #: evaluated on the whole fold at the end
+    valid_samples: int = 0
+    #: neighbouring slices on each side stacked with each slice (2.5D input); 0 = the slice alone
+    context: int = 0
+    #: "window_per_slice": channel j = window j of neighbour j (needs 2 * context + 1 windows);
+    #: "all": every window of every neighbour
+    context_recipe: str = "window_per_slice"
+    #: "auto": JPEG batches decode on the GPU (nvJPEG) when training on one; "cpu": in the workers
+    decode: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -224,6 +237,16 @@ def validate(experiment: Experiment, where: str = "experiment") -> None:
            (data.max_rotate, data.max_warp, data.max_lighting), "must be >= 0")
     _check(data.max_zoom >= 1, f"{at} max_zoom", data.max_zoom, "must be >= 1")
     _check(data.num_workers >= -1, f"{at} num_workers", data.num_workers, "must be >= 0, or -1 for automatic")
+    _check(data.samples_per_epoch > 0 and (data.samples_per_epoch <= 1 or data.samples_per_epoch.is_integer()),
+           f"{at} samples_per_epoch", data.samples_per_epoch, "a fraction in (0, 1] or a whole count")
+    _check(data.valid_samples >= 0, f"{at} valid_samples", data.valid_samples, "must be >= 0 (0: all)")
+    _check(data.context >= 0, f"{at} context", data.context, "must be >= 0")
+    _check(data.context_recipe in ("window_per_slice", "all"), f"{at} context_recipe", data.context_recipe,
+           "'window_per_slice' or 'all'")
+    _check(not data.context or data.context_recipe == "all" or len(data.windows) == 2 * data.context + 1,
+           f"{at} windows", list(data.windows), f"context_recipe 'window_per_slice' with context = {data.context} "
+           f"needs {2 * data.context + 1} windows, one per slice")
+    _check(data.decode in ("auto", "cpu"), f"{at} decode", data.decode, "'auto' or 'cpu'")
     _check(model.normalize in ("imagenet", "none"), f"{where} [model] normalize", model.normalize,
            "'imagenet' or 'none'")
     _check(predict.tta_n >= 1, f"{where} [predict] tta_n", predict.tta_n, "must be >= 1")

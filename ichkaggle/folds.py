@@ -70,8 +70,9 @@ def add_fold_column(
 
     ``metadata``: ``ichkaggle prepare``'s table (``ID``, ``status``, ``PatientID``, ...);
     ``labels``: a wide label table. Only ``status == "ok"`` rows that have labels get a
-    fold (test images have none). Returns ``ID, PatientID, fold``, the six labels and
-    ``labels`` (fastai), in the metadata's row order; ``attrs`` counts what was left out.
+    fold (test images have none). Returns ``ID, PatientID`` (with ``SeriesInstanceUID`` and
+    ``position`` when the metadata has them), ``fold``, the six labels and ``labels``
+    (fastai), in the metadata's row order; ``attrs`` counts what was left out.
     """
     for col in ("ID", "status", "PatientID"):
         if col not in metadata.columns:
@@ -81,7 +82,8 @@ def add_fold_column(
     if len(dup):
         raise TableError(f"metadata repeats {len(dup)} IDs: {', '.join(map(str, dup[:5]))}")
     ok = metadata["status"].astype(str).to_numpy() == "ok"
-    meta_ok = metadata.loc[ok, ["ID", "PatientID"]]
+    carried = [c for c in ("SeriesInstanceUID", "position") if c in metadata.columns]  # for 2.5D and sequences
+    meta_ok = metadata.loc[ok, ["ID", "PatientID", *carried]]
     missing_patient = meta_ok["PatientID"].isna() | (meta_ok["PatientID"].astype(str) == "")
     if missing_patient.any():
         bad = meta_ok.loc[missing_patient, "ID"]
@@ -102,6 +104,7 @@ def add_fold_column(
         {
             "ID": chosen["ID"].to_numpy(dtype=object),
             "PatientID": chosen["PatientID"].astype(str).to_numpy(dtype=object),
+            **{c: chosen[c].to_numpy() for c in carried},
             "fold": folds,
         }
     )

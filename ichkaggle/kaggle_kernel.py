@@ -148,16 +148,17 @@ def _image_settings(experiment):
 
 
 def split_inputs(experiment, competition: Path, split: str, scratch: Path, workers: int | None):
-    """(metadata table, folder of the inputs, their suffix) of ``train`` or ``test``."""
+    """(metadata table, folder of the images) of ``train`` or ``test``: DICOM headers and the
+    DICOM folder for ``source = "dicom"``, else the prepared (packed) folder."""
     source = competition / f"stage_2_{split}"
     if experiment.data.source == "dicom":
-        return dicom_metadata(source, workers), source, ".dcm"
+        return dicom_metadata(source, workers), source
     from .prepare import prepare
 
-    settings = _image_settings(experiment)
-    result = prepare(source, scratch / split, settings, workers=workers, show_progress=False)
+    result = prepare(source, scratch / split, _image_settings(experiment), workers=workers, show_progress=False,
+                     pack=True)
     print("  " + result.describe().replace("\n", "\n  "), flush=True)
-    return result.metadata, scratch / split / "images", f".{settings.format}"
+    return result.metadata, scratch / split
 
 
 def _env_workers() -> int | None:
@@ -213,17 +214,16 @@ def kaggle_train(
           f"({experiment.model.arch}, {experiment.data.size}px, source {experiment.data.source}) on {competition}",
           flush=True)
 
-    metadata, folder, suffix = split_inputs(experiment, competition, "train", scratch, workers)
+    metadata, folder = split_inputs(experiment, competition, "train", scratch, workers)
     wide = read_labels_csv(competition / "stage_2_train.csv")
     folds = add_fold_column(metadata, wide, experiment.data.n_folds, experiment.data.seed)
     print(f"  {len(folds)} labelled images, {folds['PatientID'].nunique()} patients, "
           f"validation fold {fold}: {int((folds['fold'] == int(fold)).sum())} images", flush=True)
 
-    from .training import image_items, train  # torch from here on
+    from .training import train  # torch from here on
 
     run_dir = output / f"fold{int(fold)}"
-    items = image_items(folds, folder, suffix=suffix)
-    result = train(items, experiment, run_dir)
+    result = train(folds, folder, experiment, run_dir, dicom=experiment.data.source == "dicom", resume=True)
     manifest = {
         "kind": "ichkaggle-train",
         "ichkaggle_version": __version__,
@@ -263,13 +263,9 @@ def kaggle_infer(
 ) -> Path:
     """Average the attached train runs' TTA predictions on the test slices into
     ``<output>/submission.csv`` (checked against the sample); returns its path."""
-    import numpy as np
-
-    from . import LABELS, __version__
+    from . import __version__
     from .experiment import load_experiment
-    from .labels import read_labels_csv
-    from .metric import prior_rates
-    from .submission import check_submission, write_submission
+    from .submission import write_checked
 
     started = time.time()
     output, scratch = Path(output), _scratch(scratch)
@@ -296,22 +292,17 @@ def kaggle_infer(
     print(f"ichkaggle {__version__} ({_versions()}): infer {experiment.name}, "
           f"folds {[m['fold'] for _, m in runs]} on {competition}", flush=True)
 
-    metadata, folder, suffix = split_inputs(experiment, competition, "test", scratch, workers)
-    ok = metadata[metadata["status"] == "ok"]
-    paths = [str(folder / f"{image_id}{suffix}") for image_id in ok["ID"]]
-
-    from .training import predict  # torch from here on
-
-    probs = predict(paths, experiment, weights)
+    metadata, folder = split_inputs(experiment, competition, "test", scratch, workers)
+    ok = metadata[metadata["status"] == "ok"].reset_index(drop=True)
     failed = metadata.loc[metadata["status"] != "ok", "ID"].tolist()
-    if failed:  # an unreadable slice still needs rows: the training prior is the honest guess
-        rates = prior_rates(read_labels_csv(competition / "stage_2_train.csv")[list(LABELS)].to_numpy())
-        print(f"  {len(failed)} test slice(s) unreadable: the prior for them", flush=True)
-        probs = np.vstack([probs, np.tile(rates, (len(failed), 1))])
+
+    from .training import fill_rates, predict  # torch from here on
+
+    probs = predict(ok, folder, experiment, weights, dicom=experiment.data.source == "dicom")
+    if failed:  # an unreadable slice still needs rows: the training label rates
+        print(f"  {len(failed)} test slice(s) unreadable: the training label rates for them", flush=True)
     sample = competition / "stage_2_sample_submission.csv"
-    submission = write_submission(output / "submission.csv", list(ok["ID"]) + failed, probs, sample,
-                                  steps=("clip", "any_max"))
-    report = check_submission(submission, sample)
+    submission, report = write_checked(output / "submission.csv", ok["ID"], probs, sample, fill_rates(weights))
     print("  " + "\n  ".join(report.lines()), flush=True)
     if not report.ok:
         raise UserError(f"{submission} failed its check against {sample}")

@@ -87,6 +87,19 @@ def read_settings(folder: str | os.PathLike) -> PrepareSettings:
         raise UserError(f"{path}: not a {SETTINGS} written by ichkaggle prepare ({err})") from None
 
 
+def read_slices(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
+    """(the slices that prepared ok -- ID, identity, series, position, rank...; the IDs that failed)."""
+    from .tables import read_csv
+
+    metadata = read_csv(Path(folder) / METADATA, "metadata", keep_default_na=False,
+                        dtype={"ID": object, "PatientID": object, "StudyInstanceUID": object,
+                               "SeriesInstanceUID": object})
+    ok = metadata["status"] == "ok"
+    table = metadata.loc[ok].reset_index(drop=True)
+    table["position"] = pd.to_numeric(table["position"])
+    return table, metadata.loc[~ok, "ID"].tolist()
+
+
 def decode_image(data: bytes, fmt: str) -> np.ndarray:
     """Encoded image bytes -> H x W x C uint8 in window order (the inverse of prepare's encode)."""
     if fmt == "npy":

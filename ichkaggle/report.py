@@ -52,8 +52,16 @@ def loss_curve(history: pd.DataFrame, path: Path) -> Path | None:
     return path
 
 
+def as_picture(image: np.ndarray) -> np.ndarray:
+    """H x W x C window channels -> BGR for OpenCV: three channels (the middle three of more), or grey."""
+    if image.shape[2] >= 3:
+        mid = image.shape[2] // 2
+        return np.ascontiguousarray(image[..., mid - 1:mid + 2][..., ::-1])
+    return cv2.cvtColor(np.ascontiguousarray(image[..., 0]), cv2.COLOR_GRAY2BGR)
+
+
 def montage(
-    image_paths: Sequence[str],
+    images: Sequence[np.ndarray],
     targets: np.ndarray,
     preds: np.ndarray,
     path: Path,
@@ -62,11 +70,8 @@ def montage(
 ) -> Path:
     """Validation slices with true labels (green) and predictions >= 0.5 (orange, with p)."""
     tiles = []
-    for image_path, target, pred in zip(image_paths, targets, preds):
-        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        if image is None:
-            image = np.zeros((tile, tile, 3), np.uint8)
-        image = cv2.resize(image, (tile, tile), interpolation=cv2.INTER_NEAREST)
+    for image, target, pred in zip(images, targets, preds):
+        image = cv2.resize(as_picture(image), (tile, tile), interpolation=cv2.INTER_NEAREST)
         canvas = np.zeros((tile + 34, tile, 3), np.uint8)
         canvas[:tile] = image
         truth = " ".join(SHORT[l] for l, t in zip(LABELS[1:], target[1:]) if t > 0.5) or "none"
@@ -83,7 +88,7 @@ def montage(
     return path
 
 
-def pick_examples(ids: Sequence[str], targets: np.ndarray, n: int = 18, seed: int = 0) -> list[int]:
+def pick_examples(targets: np.ndarray, n: int = 18, seed: int = 0) -> list[int]:
     """Half positives, half negatives (as far as there are), so the montage shows both."""
     rng = np.random.default_rng(seed)
     positive = np.flatnonzero(targets[:, 0] > 0.5)
@@ -107,16 +112,16 @@ def write_report(
     experiment: Experiment,
     history: pd.DataFrame,
     metrics: dict,
-    valid_paths: Sequence[str],
-    valid_targets: np.ndarray,
-    valid_preds: np.ndarray,
+    images: Sequence[np.ndarray],
+    targets: np.ndarray,
+    preds: np.ndarray,
     extra: dict | None = None,
 ) -> Path:
-    """Write report.md + loss.png + montage.png into the run directory; returns report.md."""
+    """Write report.md + loss.png + montage.png (of ``images``, validation slices chosen by
+    :func:`pick_examples`) into the run directory; returns report.md."""
     run_dir = Path(run_dir)
     curve = loss_curve(history, run_dir / "loss.png")
-    chosen = pick_examples(valid_paths, valid_targets)
-    montage([valid_paths[i] for i in chosen], valid_targets[chosen], valid_preds[chosen], run_dir / "montage.png")
+    montage(images, targets, preds, run_dir / "montage.png")
     d, m = experiment.data, experiment.model
     transforms = [f"flip={d.flip}", f"rotate<={d.max_rotate:g}", f"zoom<={d.max_zoom:g}"]
     if d.max_warp:
@@ -149,10 +154,17 @@ def write_report(
         f"- weights:      {', '.join(weights)}",
         f"- train loss:   {metrics.get('train_loss', float('nan')):.4f}",
         f"- valid loss:   {metrics.get('valid_loss', float('nan')):.4f}",
-        f"- CV metric:    {metrics.get('valid_weighted_log_loss', float('nan')):.4f} (weighted log loss)",
+        f"- best epoch:   {_best(metrics)}",
+        f"- CV metric:    {metrics.get('valid_weighted_log_loss', float('nan')):.4f} (weighted log loss of the kept "
+        "model, calibrated per label, cross-fitted by patient)",
+        f"- model alone:  {metrics.get('valid_raw', float('nan')):.4f} (uncalibrated)",
+        f"- prior:        {metrics.get('valid_prior', float('nan')):.4f} (the training label rates, constant)",
     ]
     lines += [f"    {label:<17} {per_label[label]:.4f}" for label in LABELS if label in per_label]
     lines += ["```", ""]
+    if metrics.get("beats_prior") is False:
+        lines += ["> **Warning**: on validation this model does not beat predicting the label rates; the "
+                  "calibration pulls its predictions towards them. More data, fewer epochs or augmentation?", ""]
     for key, value in (extra or {}).items():
         lines.append(f"- **{key}**: {value}")
     if extra:
@@ -168,6 +180,11 @@ def write_report(
     return report
 
 
+def _best(metrics: dict) -> str:
+    best = metrics.get("best_epoch") or {}
+    return f"{best['phase']} epoch {best['epoch']} (weighted log loss {best['value']:.4f} then)" if best else "?"
+
+
 def _markdown_table(frame: pd.DataFrame) -> str:
     columns = list(frame.columns)
     rows = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -175,3 +192,19 @@ def _markdown_table(frame: pd.DataFrame) -> str:
         cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def write_run_report(result, experiment: Experiment, table: pd.DataFrame, folder, dicom: bool = False,
+                     extra: dict | None = None) -> Path:
+    """The report of a finished training run, its montage read from the data it trained on."""
+    from dataclasses import replace
+
+    from .images import slice_images
+
+    rows = table.set_index("ID").loc[result.valid_ids].reset_index()
+    chosen = pick_examples(result.valid_targets)
+    alone = replace(experiment, data=replace(experiment.data, context=0))  # the slices themselves, to look at
+    images = slice_images(rows.iloc[chosen].reset_index(drop=True), folder, alone, dicom)
+    return write_report(result.run_dir, experiment, result.history, result.metrics,
+                        [images.image(i) for i in range(len(chosen))], result.valid_targets[chosen],
+                        result.valid_preds[chosen], extra)

@@ -146,6 +146,8 @@ def write_submission(path: str | os.PathLike, ids, probs, sample: pd.DataFrame |
     atomically, values like ``%.6g``. A value that is not a finite number in [0, 1] after
     ``steps`` is an error, since Kaggle would reject the file."""
     probs = postprocess(probs, steps)
+    if fill is not None:  # the stand-in rows get the same steps
+        fill = postprocess(np.broadcast_to(np.asarray(fill, dtype=np.float64), (1, len(LABELS))), steps)[0]
     long, values = _layout(ids, probs, None if sample is None else read_sample(sample), fill)
     bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0) & (values <= 1)))
     if len(bad):
@@ -270,3 +272,10 @@ def check_submission(submission: pd.DataFrame | str | os.PathLike,
     return CheckReport(n_rows=len(ids), n_images=int((counts > 0).sum()), n_sample_rows=len(sample_ids),
                        problems=tuple(problems),
                        value_range=(float(good.min()), float(good.max())) if len(good) else None)
+
+
+def write_checked(path: str | os.PathLike, ids, probs, sample, rates) -> tuple[Path, CheckReport]:
+    """The usual end of a prediction: clip, any >= max subtype, ``rates`` (the training label
+    rates) for every sample image without a prediction, written, then checked."""
+    path = write_submission(path, list(ids), probs, sample, steps=("clip", "any_max"), fill=rates)
+    return path, check_submission(path, sample)

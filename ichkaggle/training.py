@@ -1,9 +1,13 @@
 """fastai + timm training and TTA prediction for an Experiment (needs the ``train`` extra).
 
-The seed notebook's recipe as code: a DataBlock over prepared images (or DICOMs decoded in
-the loader), a timm backbone by name through ``vision_learner``, BCE-with-logits, the
-competition metric, then the experiment's phases (freeze, optimizer, schedule) with a
-checkpoint and a CSV log per phase. Pretrained weights come only from a local file.
+The seed notebook's recipe as code: the fast loader (``ichkaggle.loader``) over prepared
+slices or DICOMs, a timm backbone by name through ``vision_learner``, BCE-with-logits and the
+competition metric, then the experiment's phases (freeze, optimizer, schedule). Around it
+what a Kaggle session needs: the best epoch by the metric is kept, every epoch ends with a
+full checkpoint (model, optimizer, schedule position, random states), a time limit stops the
+run cleanly between epochs and ``resume`` continues it exactly, and the kept model is
+calibrated on the validation fold (``ichkaggle.calibration``). Pretrained weights come
+only from a local file.
 """
 
 from __future__ import annotations
@@ -11,152 +15,177 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
+import random
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm/huggingface_hub import: never retry the hub
 
 import numpy as np
 import pandas as pd
-import fastai.callback.channelslast  # noqa: F401  (patches Learner.to_channelslast)
-import fastai.callback.data  # noqa: F401  (patches DataBlock.weighted_dataloaders)
-import fastai.callback.fp16  # noqa: F401  (patches Learner.to_fp16)
-import fastai.callback.schedule  # noqa: F401  (patches fit_one_cycle, fit_flat_cos)
 import torch
-from fastai.callback.progress import CSVLogger
-from fastai.data.block import DataBlock, MultiCategoryBlock
-from fastai.data.core import TfmdDL
-from fastai.data.transforms import ColReader, ColSplitter
-from fastai.losses import BCEWithLogitsLossFlat
-from fastai.torch_core import num_distrib, rank_distrib, set_seed
-from fastai.metrics import accuracy_multi
-from fastai.optimizer import SGD, Adam, RAdam
-from fastai.vision.augment import aug_transforms
-from fastai.vision.core import PILImage
-from fastai.vision.data import ImageBlock, imagenet_stats
-from fastai.vision.learner import vision_learner
+import torch.nn.functional as F
+import fastai.callback.channelslast  # noqa: F401  (patches Learner.to_channelslast)
+import fastai.callback.fp16  # noqa: F401  (patches Learner.to_fp16, to_bf16)
+from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.schedule import ParamScheduler, combined_cos
+from fastai.data.core import DataLoaders
 from fastai.data.transforms import Normalize
+from fastai.learner import AvgLoss, AvgSmoothLoss, Metric
+from fastai.losses import BCEWithLogitsLossFlat
+from fastai.optimizer import SGD, Adam, RAdam
+from fastai.torch_core import num_distrib, rank_distrib, set_seed
+from fastai.vision.augment import aug_transforms
+from fastai.vision.core import imagenet_stats
+from fastai.vision.data import IntToFloatTensor
+from fastai.vision.learner import vision_learner
 
 from . import LABELS, __version__
+from . import calibration as calibrate
 from .errors import UserError
 from .experiment import Experiment
 from .files import write_atomic
-from .metric import fastai_metric, per_label_log_loss, weighted_log_loss
+from .images import Rows, slice_images
+from .loader import SliceDataset, SliceLoader
+from .metric import EPS, WEIGHTS, per_label_log_loss, weighted_log_loss
+from .run_state import TrainingState, new_session
 
+#: fastai's Adam decouples weight decay (decouple_wd=True): it is AdamW under another name
 OPTIMIZERS = {"adam": Adam, "radam": RAdam, "sgd": SGD, "adamw": Adam}
+LOGIT_BOUND = math.log((1 - EPS) / EPS)  # clipping logits here = clipping probabilities to [eps, 1-eps]
 
 
-# ----------------------------------------------------------------------------- data
+# ----------------------------------------------------------------------------- images
 
 
-def image_items(table: pd.DataFrame, folder: Path, suffix: str = ".png") -> pd.DataFrame:
-    """Rows of (ID, labels..., fold) -> the same with ``path`` to each image; missing files named."""
-    items = table.copy()
-    items["path"] = [str(folder / f"{i}{suffix}") for i in items["ID"]]
-    missing = [p for p in items["path"] if not os.path.exists(p)]
-    if missing:
-        raise UserError(f"{len(missing)} image(s) missing under {folder}, e.g. {missing[:3]}")
-    return items
+def channels(experiment: Experiment) -> int:
+    n, context = len(experiment.data.windows), experiment.data.context
+    return n * (2 * context + 1) if context and experiment.data.context_recipe == "all" else n
 
 
-class DicomReader:
-    """get_x of the DICOM source: file -> windowed, resized uint8 image (decode in the loader)."""
-
-    def __init__(self, size: int, windows: Sequence[str]):
-        from .prepare import PrepareSettings
-        from .windowing import parse_windows
-
-        self.settings = PrepareSettings(size=size, windows=parse_windows(list(windows)))
-
-    def __call__(self, row) -> np.ndarray:
-        from .dicom import read_stored
-        from .prepare import render
-
-        stored, rescale, _ = read_stored(row["path"])
-        return render(stored, rescale, self.settings)
-
-
-class NegativeSubsampleDL(TfmdDL):
-    """Each epoch keeps every positive and a fresh random share of negatives (training only)."""
-
-    def __init__(self, dataset=None, negative_mask=None, negative_fraction: float = 1.0, **kwargs):
-        self.negative_mask = None if negative_mask is None else np.asarray(negative_mask, bool)
-        self.negative_fraction = negative_fraction
-        super().__init__(dataset=dataset, **kwargs)
-
-    def get_idxs(self):
-        idxs = super().get_idxs()
-        if not self.shuffle or self.negative_mask is None or self.negative_fraction >= 1:
-            return idxs
-        idxs = np.asarray(list(idxs))
-        negative = self.negative_mask[idxs]
-        keep = ~negative | (np.random.random(len(idxs)) < self.negative_fraction)
-        return list(idxs[keep])
-
-    def __len__(self):
-        if not self.shuffle or self.negative_mask is None or self.negative_fraction >= 1:
-            return super().__len__()
-        expected = (~self.negative_mask).sum() + self.negative_mask.sum() * self.negative_fraction
-        n = int(round(expected))
-        return n // self.bs if self.drop_last else -(-n // self.bs)
-
-
-def build_dataloaders(items: pd.DataFrame, experiment: Experiment, device=None, valid_fold: int | None = None):
-    """A DataBlock-built DataLoaders (``Learner.tta`` needs one) over ``items``.
-
-    ``items`` has ``path``, the six label columns and ``fold``; ``valid_fold`` (default: the
-    config's) is the validation split.
-    """
+def batch_transforms(experiment: Experiment) -> list:
+    """uint8 -> float on the device, the augmentations, then ImageNet statistics per channel."""
     data = experiment.data
-    fold = data.fold if valid_fold is None else valid_fold
-    items = items.reset_index(drop=True).copy()
-    items["is_valid"] = items["fold"] == fold
-    if not items["is_valid"].any() or items["is_valid"].all():
-        raise UserError(f"fold {fold}: needs both training and validation images ({len(items)} items)")
-    get_x = DicomReader(data.size, data.windows) if data.source == "dicom" else ColReader("path")
-    batch_tfms = []
-    augment = aug_transforms(
-        do_flip=data.flip,
-        flip_vert=False,
-        max_rotate=data.max_rotate,
-        max_zoom=data.max_zoom,
-        max_warp=data.max_warp,
-        max_lighting=data.max_lighting,
-        size=data.size,
-        pad_mode="zeros",
-    )
-    batch_tfms += augment
+    tfms = [IntToFloatTensor()]
+    tfms += aug_transforms(do_flip=data.flip, flip_vert=False, max_rotate=data.max_rotate, max_zoom=data.max_zoom,
+                           max_warp=data.max_warp, max_lighting=data.max_lighting, size=None, pad_mode="zeros")
     if experiment.model.normalize == "imagenet":
-        batch_tfms.append(Normalize.from_stats(*imagenet_stats))
-    block = DataBlock(
-        blocks=(ImageBlock(cls=PILImage), MultiCategoryBlock(encoded=True, vocab=list(LABELS))),
-        get_x=get_x,
-        get_y=ColReader(list(LABELS)),
-        splitter=ColSplitter("is_valid"),
-        batch_tfms=batch_tfms,
-    )
-    on_gpu = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
+        mean, std = (torch.tensor([stats[j % 3] for j in range(channels(experiment))]) for stats in imagenet_stats)
+        tfms.append(Normalize.from_stats(mean, std))
+    return tfms
+
+
+def _device(device=None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device(f"cuda:{rank_distrib()}" if torch.cuda.is_available() else "cpu")
+
+
+def loader(experiment: Experiment, images, targets=None, *, train: bool = False, device=None,
+           sample: int | None = None, shard: bool = False) -> SliceLoader:
+    """A training (shuffled, epoch-seeded) or inference (in order) loader over ``images``;
+    ``shard``: each process of a distributed run reads its own share."""
+    data = experiment.data
+    device = _device(device)
+    on_gpu = device.type == "cuda"
     workers = data.num_workers if data.num_workers >= 0 else (min(4, os.cpu_count() or 1) if on_gpu else 0)
-    kwargs = dict(bs=data.batch_size, num_workers=workers, device=device)
-    train_mask = ~items["is_valid"].to_numpy()
-    if data.weighted_sampler:
-        positives = items[list(LABELS)].to_numpy().sum(axis=1) > 0
-        rate = max(positives[train_mask].mean(), 1e-6)
-        weights = np.where(positives, 0.5 / rate, 0.5 / max(1 - rate, 1e-6))
-        return block.weighted_dataloaders(items, wgts=weights, **kwargs)
-    if data.negative_fraction < 1:
-        negative = (items["any"].to_numpy() == 0)[train_mask]
-        return block.dataloaders(
-            items,
-            dl_type=NegativeSubsampleDL,
-            dl_kwargs=[{"negative_mask": negative, "negative_fraction": data.negative_fraction}, {}],
-            **kwargs,
-        )
-    return block.dataloaders(items, **kwargs)
+    encoded = (on_gpu and data.decode != "cpu" and getattr(images, "read", None) is not None
+               and getattr(getattr(images, "settings", None), "format", "") == "jpg" and data.context == 0)
+    kwargs = dict(bs=data.batch_size, device=device, workers=workers, seed=data.seed,
+                  after_batch=batch_transforms(experiment))
+    if train:
+        targets = np.asarray(targets)
+        n = len(images)
+        samples = None if data.samples_per_epoch == 1 else int(
+            data.samples_per_epoch if data.samples_per_epoch > 1 else round(data.samples_per_epoch * n))
+        weights = None
+        if data.weighted_sampler:
+            positive = targets.sum(axis=1) > 0
+            rate = max(positive.mean(), 1e-6)
+            weights = np.where(positive, 0.5 / rate, 0.5 / max(1 - rate, 1e-6))
+        kwargs.update(shuffle=True, drop_last=True, samples=samples, negative=targets[:, 0] == 0,
+                      negative_fraction=data.negative_fraction, weights=weights)
+    elif sample:  # a fixed subset, the same every epoch: a cheaper per-epoch validation
+        rows = np.sort(np.random.default_rng(data.seed).permutation(len(images))[:sample])
+        images, targets = Rows(images, rows), None if targets is None else np.asarray(targets)[rows]
+    if shard or train:
+        kwargs.update(rank=rank_distrib(), world=max(1, num_distrib()))
+    return SliceLoader(SliceDataset(images, targets, encoded=encoded, train=train), **kwargs)
+
+
+# ----------------------------------------------------------------------------- metrics on the device
+
+
+def _all_reduce(*values: torch.Tensor) -> list[torch.Tensor]:
+    if num_distrib() > 1 and torch.distributed.is_initialized():
+        for value in values:
+            torch.distributed.all_reduce(value)
+    return list(values)
+
+
+class DeviceLogLoss(Metric):
+    """The competition metric summed on the device and read once per validation: no
+    synchronisation per batch (the numpy metric would copy every batch to the host)."""
+
+    def reset(self):
+        self.total, self.count = None, None
+
+    def accumulate(self, learn):
+        logits = learn.pred.float().clamp(-LOGIT_BOUND, LOGIT_BOUND)
+        per = F.binary_cross_entropy_with_logits(logits, learn.y.float(), reduction="none")
+        total = (per * per.new_tensor(WEIGHTS)).sum() / float(WEIGHTS.sum())
+        count = per.new_tensor(float(len(per)))
+        self.total, self.count = (total, count) if self.total is None else (self.total + total, self.count + count)
+
+    @property
+    def value(self):
+        if self.total is None:
+            return None
+        total, count = _all_reduce(self.total.clone(), self.count.clone())
+        return (total / count).item()
+
+    @property
+    def name(self):
+        return "weighted_log_loss"
+
+
+class DeviceAvgLoss(AvgLoss):
+    """The validation loss, accumulated on the device (fastai's syncs every batch)."""
+
+    def reset(self):
+        self.total, self.count = None, None
+
+    def accumulate(self, learn):
+        total = learn.loss.detach().mean() * len(learn.yb[0])
+        count = total.new_tensor(float(len(learn.yb[0])))
+        self.total, self.count = (total, count) if self.total is None else (self.total + total, self.count + count)
+
+    @property
+    def value(self):
+        if self.total is None:
+            return None
+        total, count = _all_reduce(self.total.clone(), self.count.clone())
+        return (total / count).item()
+
+
+class DeviceSmoothLoss(AvgSmoothLoss):
+    """fastai's smoothed training loss, kept on the device (read by the progress bar only)."""
+
+    def reset(self):
+        self.count, self.val = 0, None
+
+    def accumulate(self, learn):
+        self.count += 1
+        loss = learn.loss.detach().float().mean()
+        self.val = loss if self.val is None else torch.lerp(loss, self.val, self.beta)
+
+    @property
+    def value(self):
+        return self.val / (1 - self.beta ** self.count) if self.val is not None else torch.tensor(0.0)
 
 
 # ----------------------------------------------------------------------------- model
@@ -175,184 +204,31 @@ def build_learner(dls, experiment: Experiment, run_dir: Path, pretrained: bool =
                 f"local file (on Kaggle: a dataset file); set weights = \"\" to start from random init"
             )
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
-    try:
-        learn = vision_learner(
-            dls,
-            model.arch,
-            n_out=len(LABELS),
-            pretrained=use_file,
-            normalize=False,  # the DataBlock adds ImageNet normalisation itself, pretrained or not
-            loss_func=BCEWithLogitsLossFlat(),
-            metrics=[fastai_metric(from_logits=True), accuracy_multi],
-            path=run_dir,
-            model_dir="models",
-            **kwargs,
-        )
-    except RuntimeError as err:
-        if "Unknown model" in str(err) or "pretrained" in str(err).lower():
-            raise UserError(f"[model] arch {model.arch!r}: {err}") from err
-        raise
-    if torch.cuda.is_available():
-        learn = learn.to_fp16().to_channelslast()
+    learn = vision_learner(dls, model.arch, n_out=len(LABELS), n_in=channels(experiment), pretrained=use_file,
+                           normalize=False, loss_func=BCEWithLogitsLossFlat(), metrics=[DeviceLogLoss()],
+                           path=run_dir, model_dir="models", **kwargs)
+    learn.recorder.loss, learn.recorder.smooth_loss = DeviceAvgLoss(), DeviceSmoothLoss()
+    if dls.device.type == "cuda":
+        capability = torch.cuda.get_device_capability(dls.device)
+        # bf16 needs no loss scaler, whose overflow check synchronises every step; T4/P100 lack it
+        learn = (learn.to_bf16() if capability >= (8, 0) else learn.to_fp16()).to_channelslast()
+    _drop_bars(learn)
     return learn
 
 
-# ----------------------------------------------------------------------------- training
+def _drop_bars(learn) -> None:
+    """Outside a terminal fastai's bars are noise: the run logs one line per epoch instead."""
+    if not sys.stdout.isatty():
+        from fastai.callback.progress import ProgressCallback
+
+        learn.remove_cb(ProgressCallback)
+    learn.logger = lambda *args: None
 
 
-@dataclass
-class TrainResult:
-    run_dir: Path
-    weights: Path
-    history: pd.DataFrame
-    valid_ids: list[str]
-    valid_targets: np.ndarray
-    valid_preds: np.ndarray
-    metrics: dict
-
-
-def train(items: pd.DataFrame, experiment: Experiment, run_dir: str | os.PathLike, resume: bool = False) -> TrainResult:
-    """Run every phase; each ends with ``models/<phase>.pth``. ``resume`` skips finished phases."""
-    run_dir = Path(run_dir).resolve()  # fastai joins learn.path with file names: keep them absolute
-    (run_dir / "models").mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(experiment.to_toml())
-    set_seed(experiment.data.seed, reproducible=True)  # python, numpy and torch generators
-    dls = build_dataloaders(items, experiment)
-    learn = build_learner(dls, experiment, run_dir, pretrained=True)
-    histories = []
-    started = time.time()
-    main_process = rank_distrib() == 0
-    for phase in experiment.phases:
-        checkpoint = run_dir / "models" / f"{phase.name}.pth"
-        log = run_dir / f"history_{phase.name}.csv"
-        if resume and checkpoint.exists() and log.exists():
-            load_weights(learn, checkpoint)
-            histories.append(pd.read_csv(log).assign(phase=phase.name))
-            continue
-        if phase.freeze:
-            learn.freeze()
-        else:
-            learn.unfreeze()
-        learn.opt_func = OPTIMIZERS[phase.optimizer]
-        learn.opt = None  # a new optimizer of the phase's kind
-        cbs = [CSVLogger(fname=str(log))] if main_process else []
-        _plain_progress(learn, phase.name, phase.epochs)
-        fit_kwargs = {} if phase.weight_decay is None else {"wd": phase.weight_decay}
-        with _distributed(learn):
-            if phase.schedule == "one_cycle":
-                learn.fit_one_cycle(phase.epochs, phase.lr, cbs=cbs, **fit_kwargs)
-            else:
-                learn.fit_flat_cos(phase.epochs, phase.lr, pct_start=phase.pct_start, cbs=cbs, **fit_kwargs)
-        _barrier()
-        if main_process:
-            save_weights(learn, checkpoint)
-        _barrier()
-        if main_process:
-            histories.append(pd.read_csv(log).assign(phase=phase.name))
-    final = run_dir / "models" / "final.pth"
-    if not main_process:  # rank 0 writes the run's files
-        return TrainResult(run_dir, final, pd.DataFrame(), [], np.empty((0, 6)), np.empty((0, 6)), {})
-    save_weights(learn, final)
-    history = pd.concat(histories, ignore_index=True)
-    history.to_csv(run_dir / "history.csv", index=False)
-
-    valid = dls.valid_ds.items
-    preds, targs = _valid_predictions(learn, dls.valid)
-    metrics = {
-        "experiment": experiment.name,
-        "ichkaggle_version": __version__,
-        "fold": experiment.data.fold,
-        "train_images": int((~dls.items["is_valid"]).sum()) if hasattr(dls, "items") else len(dls.train_ds),
-        "valid_images": len(valid),
-        "valid_weighted_log_loss": weighted_log_loss(targs, preds),
-        "valid_per_label": per_label_log_loss(targs, preds),
-        "train_loss": float(history["train_loss"].iloc[-1]),
-        "valid_loss": float(history["valid_loss"].iloc[-1]),
-        "seconds": round(time.time() - started, 1),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-    }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    pd.DataFrame(preds, columns=list(LABELS)).assign(ID=list(valid["ID"])).to_csv(
-        run_dir / "valid_predictions.csv", index=False
-    )
-    return TrainResult(run_dir, final, history, list(valid["ID"]), targs, preds, metrics)
-
-
-def _plain_progress(learn, phase: str, epochs: int) -> None:
-    """Outside a terminal, fastai's bars become noise: one line per epoch instead."""
-    if not _drop_bars(learn):
-        return
-    names = None
-
-    def log(values):
-        nonlocal names
-        names = names or list(learn.recorder.metric_names)
-        parts = [f"{n}={v:.4f}" if isinstance(v, float) else f"{n}={v}" for n, v in zip(names[1:], values[1:])]
-        print(f"  [{phase}] epoch {int(values[0]) + 1}/{epochs}  " + "  ".join(parts), flush=True)
-
-    learn.logger = log
-
-
-def _distributed(learn):
-    """Under torchrun / accelerate launch (WORLD_SIZE > 1): fastai's DDP through accelerate.
-
-    On GPUs batch norms are synchronised; on CPU (gloo) they cannot be, and accelerate is
-    told to stay on the CPU. A single process gets a no-op context.
-    """
-    if num_distrib() <= 1:
-        return contextlib.nullcontext()
-    import fastai.distributed  # noqa: F401  (patches Learner.distrib_ctx; needs accelerate)
-
-    cuda = torch.cuda.is_available()
-    if not cuda:
-        # fastai's DistributedDL broadcasts the shuffled indices as a CUDA tensor (NCCL);
-        # gloo broadcasts CPU tensors, so CPU processes (tests, CPU-only boxes) use that.
-        fastai.distributed.DistributedDL._broadcast = _broadcast_cpu
-    return learn.distrib_ctx(sync_bn=cuda, cpu=not cuda)
-
-
-def _broadcast_cpu(self, values, rank):
-    tensor = torch.tensor(list(values), dtype=torch.long)
-    torch.distributed.broadcast(tensor, rank)
-    return tensor.tolist()
-
-
-def _barrier() -> None:
-    if num_distrib() > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
-def _drop_bars(learn) -> bool:
-    """Remove fastai's progress bars when stdout is not a terminal; True if removed."""
-    if sys.stdout.isatty():
-        return False
-    from fastai.callback.progress import ProgressCallback
-
-    learn.remove_cb(ProgressCallback)
-    return True
-
-
-def _valid_predictions(learn, loader) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities on the validation set with a plain loop.
-
-    ``get_preds`` would try to gather across ranks after a distributed fit, where only
-    rank 0 is still here; one process, one pass, in loader order.
-    """
-    model = learn.model.eval()
-    preds, targs = [], []
-    with torch.no_grad():
-        for xb, yb in loader:
-            with torch.autocast("cuda", enabled=xb.is_cuda):
-                logits = model(xb)
-            preds.append(torch.sigmoid(logits.float()).cpu())
-            targs.append(yb.float().cpu())
-    return torch.cat(preds).numpy(), torch.cat(targs).numpy()
-
-
-def save_weights(learn, path: Path) -> None:
+def save_weights(model, path: Path) -> None:
     """Model weights only (portable: no optimizer, no pickled code), atomically."""
     buffer = io.BytesIO()
-    torch.save(learn.model.state_dict(), buffer)
+    torch.save(getattr(model, "module", model).state_dict(), buffer)
     write_atomic(path, buffer.getvalue())
 
 
@@ -367,40 +243,457 @@ def load_weights(learn, path: str | os.PathLike) -> None:
         raise UserError(f"weights {path} do not fit this experiment's model: {str(err)[:300]}") from err
 
 
+# ----------------------------------------------------------------------------- checkpoints and budget
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    return run_dir / "models" / "checkpoint.pth"
+
+
+def save_checkpoint(learn, run_dir: Path, phase: int, epoch: int) -> float:
+    """Everything a later session needs to continue exactly here; returns the seconds it took."""
+    started = time.time()
+    scaler = getattr(learn, "scaler", None)
+    state = {"model": getattr(learn.model, "module", learn.model).state_dict(),
+             "opt": learn.opt.state_dict() if learn.opt is not None else None,
+             "scaler": scaler.state_dict() if scaler is not None else None, "phase": phase, "epoch": epoch}
+    if rank_distrib() == 0:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        write_atomic(checkpoint_path(run_dir), buffer.getvalue())
+    buffer = io.BytesIO()
+    torch.save(_rng_state(), buffer)  # every rank keeps its own random streams
+    write_atomic(run_dir / "models" / f"rng-{rank_distrib()}.pth", buffer.getvalue())
+    return time.time() - started
+
+
+def load_checkpoint(run_dir: Path) -> dict:
+    state = torch.load(checkpoint_path(run_dir), map_location="cpu", weights_only=False)
+    state["rng"] = torch.load(run_dir / "models" / f"rng-{rank_distrib()}.pth", weights_only=False)
+    return state
+
+
+class Budget:
+    """Whether the next piece of work (an epoch, the final evaluation) fits before the limit."""
+
+    def __init__(self, seconds: float | None, clock=time.time):
+        self.clock, self.start = clock, clock()
+        self.deadline = None if seconds is None else self.start + seconds
+
+    def allows(self, need: float | None) -> bool:
+        return self.deadline is None or need is None or self.clock() + need <= self.deadline
+
+
+class Stop(Exception):
+    """The budget said stop before ``phase``'s ``epoch`` (phase = len(phases): the final evaluation)."""
+
+    def __init__(self, phase: int, epoch: int):
+        super().__init__(phase, epoch)
+        self.phase, self.epoch = phase, epoch
+
+
+class RunControl(Callback):
+    """Per epoch: the loader's epoch, the history row, the best epoch, the checkpoint and the
+    budget; on the first epoch of a resumed phase, the saved optimizer and random states."""
+
+    order = 60  # after the Recorder: this epoch's values are there
+
+    def __init__(self, record: "Run", phase: int, start_epoch: int, restore: dict | None):
+        # (not self.run: fastai's callbacks use that name to switch themselves off)
+        self.record, self.phase, self.start_epoch, self.restore = record, phase, start_epoch, restore
+
+    def before_epoch(self):
+        if self.epoch < self.start_epoch:
+            return  # skipped by fastai's SkipToEpoch
+        if self.restore is not None:
+            self._restore(self.restore)
+            self.restore = None
+        self.learn.dls.train.epoch = self.record.global_epoch(self.phase, self.epoch)
+        if not self.record.allows_epoch(self.phase, self.epoch):
+            self.record.stopped = Stop(self.phase, self.epoch)
+            raise CancelFitException()  # fastai's own way out: after_fit callbacks still run
+        self.started, self.train_sum, self.train_count = time.time(), None, 0
+
+    def _restore(self, state: dict) -> None:
+        if state.get("opt") is not None and state["epoch"] > 0:  # mid-phase: the phase's own optimizer
+            self.learn.opt.load_state_dict(state["opt"])
+        if state.get("scaler") is not None and getattr(self.learn, "scaler", None) is not None:
+            self.learn.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+
+    def after_batch(self):
+        if self.training and len(self.yb):
+            loss = self.learn.loss.detach() * len(self.yb[0])
+            self.train_sum = loss if self.train_sum is None else self.train_sum + loss
+            self.train_count += len(self.yb[0])
+
+    def after_epoch(self):
+        if self.epoch < self.start_epoch:
+            return
+        values = dict(zip(self.learn.recorder.metric_names[1:], self.learn.recorder.values[-1]))
+        train = _all_reduce(self.train_sum.float().clone(), self.train_sum.new_tensor(float(self.train_count)))
+        row = {"phase": self.record.phases[self.phase].name, "epoch": self.epoch + 1,
+               "train_loss": (train[0] / train[1]).item(), "valid_loss": values.get("valid_loss"),
+               "weighted_log_loss": values.get("weighted_log_loss"), "lr": self.learn.opt.hypers[-1]["lr"]}
+        self.record.end_epoch(self.learn, self.phase, self.epoch, row, time.time() - self.started)
+
+
+class Run:
+    """One ``train`` call: the state file, the history, the budget and the checkpoints."""
+
+    def __init__(self, run_dir: Path, experiment: Experiment, budget: Budget, state: TrainingState,
+                 n_train: int, n_valid: int):
+        self.dir, self.experiment, self.phases, self.budget, self.state = run_dir, experiment, experiment.phases, \
+            budget, state
+        self.n_train, self.n_valid = n_train, n_valid
+        self.valid_share = 1.0  # the fraction of the validation fold each epoch scores
+        self.stopped: Stop | None = None
+        self.main = rank_distrib() == 0
+        self.session = new_session(str(_device()) + (f" x{num_distrib()}" if num_distrib() > 1 else ""))
+        self.state.sessions.append(self.session)
+        self.history = pd.read_csv(run_dir / "history.csv").to_dict("records") if (run_dir / "history.csv").exists() \
+            else []
+        self.save_seconds = 0.0
+
+    def global_epoch(self, phase: int, epoch: int) -> int:
+        return sum(p.epochs for p in self.phases[:phase]) + epoch
+
+    def _epoch_estimate(self) -> float | None:
+        times = [t for t in (self.session.get("epoch_seconds"), self.state.epoch_seconds()) if t]
+        return max(times) + self.save_seconds if times else None
+
+    def allows_epoch(self, phase: int, epoch: int) -> bool:
+        need = self._epoch_estimate()
+        if need is not None and phase == len(self.phases) - 1 and epoch == self.phases[phase].epochs - 1:
+            need += self.final_estimate() or 0.0  # the last epoch must leave room for the evaluation
+        return self.budget.allows(need)
+
+    def final_estimate(self) -> float | None:
+        valid = self.session.get("valid_seconds") or max([s.get("valid_seconds") or 0 for s in self.state.sessions])
+        tta = self.experiment.predict.tta_n + 1 if self.experiment.predict.tta else 1
+        return valid / self.valid_share * tta * 1.5 if valid else None
+
+    def end_epoch(self, learn, phase: int, epoch: int, row: dict, seconds: float) -> None:
+        self.history.append(row)
+        session = self.session
+        session["epochs"] += 1
+        session["images"] += len(learn.dls.train) * learn.dls.train.bs * max(1, num_distrib())
+        session["epoch_seconds"] = max(session.get("epoch_seconds") or 0, seconds)
+        session["valid_seconds"] = getattr(self, "valid_seconds", None)
+        score = row["weighted_log_loss"]
+        if score is not None and (not self.state.best or score < self.state.best["value"]):
+            self.state.best = {"value": score, "phase": self.phases[phase].name, "epoch": epoch + 1}
+            if self.main:
+                save_weights(learn.model, self.dir / "models" / "best.pth")
+        last = epoch + 1 == self.phases[phase].epochs
+        self.state.phase, self.state.epoch = (phase + 1, 0) if last else (phase, epoch + 1)
+        self.save_seconds = save_checkpoint(learn, self.dir, self.state.phase, self.state.epoch)
+        self.save()
+        if self.main:
+            parts = [f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float) and k != "lr"]
+            print(f"  [{row['phase']}] epoch {epoch + 1}/{self.phases[phase].epochs}  " + "  ".join(parts)
+                  + f"  ({seconds:.0f}s)", flush=True)
+
+    def save(self) -> None:
+        session = self.session
+        session["seconds"] = round(self.budget.clock() - self.budget.start, 1)
+        if session["epochs"]:
+            session["img_per_s"] = round(session["images"] / max(session["seconds"], 1e-9), 1)
+        if self.main:
+            write_atomic(self.dir / "history.csv", pd.DataFrame(self.history).to_csv(index=False).encode())
+            self.state.save(self.dir)
+
+
+class _ValidTimer(Callback):
+    """How long a validation pass takes (the final evaluation's time is planned from it)."""
+
+    def __init__(self, record: Run):
+        self.record = record
+
+    def before_validate(self):
+        self.t = time.time()
+
+    def after_validate(self):
+        self.record.valid_seconds = time.time() - self.t
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    weights: Path
+    complete: bool
+    history: pd.DataFrame
+    valid_ids: list[str]
+    valid_targets: np.ndarray
+    valid_preds: np.ndarray
+    metrics: dict
+
+
+def _phase_schedule(learn, phase) -> ParamScheduler:
+    """fastai's one-cycle or flat-cos schedule for a phase (fit_flat_cos drops start_epoch)."""
+    learn.opt.set_hyper("lr", phase.lr)
+    lr = np.array([h["lr"] for h in learn.opt.hypers])
+    if phase.schedule == "one_cycle":
+        return ParamScheduler({"lr": combined_cos(phase.pct_start, lr / 25.0, lr, lr / 1e5),
+                               "mom": combined_cos(phase.pct_start, 0.95, 0.85, 0.95)})
+    return ParamScheduler({"lr": combined_cos(phase.pct_start, lr, lr, lr / 1e5)})
+
+
+def _distributed(learn):
+    """Under torchrun (WORLD_SIZE > 1): DDP through accelerate, our loaders kept as they are
+    (each rank reads its own share); batch norms synchronised on GPUs."""
+    if num_distrib() <= 1:
+        return contextlib.nullcontext()
+    from fastai.distributed import DistributedTrainer
+
+    class ShardedTrainer(DistributedTrainer):
+        def _wrap_dl(self, dl):
+            return dl if isinstance(dl, SliceLoader) else super()._wrap_dl(dl)
+
+    cuda = torch.cuda.is_available()
+
+    @contextlib.contextmanager
+    def context():
+        trainer = ShardedTrainer(sync_bn=cuda, cpu=not cuda)
+        learn.add_cb(trainer)
+        try:
+            yield learn
+        finally:
+            learn.remove_cb(trainer)
+
+    return context()
+
+
+def _barrier() -> None:
+    if num_distrib() > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment, run_dir: str | os.PathLike, *,
+          dicom: bool = False, time_limit: float | None = None, resume: bool = False,
+          budget: Budget | None = None) -> TrainResult:
+    """Train every phase on ``table``'s rows (ID, six labels, fold, PatientID; series and
+    position for context) whose images are in ``folder``. With ``time_limit`` (seconds) the
+    run stops between epochs when the next would not fit, and ``resume`` continues it;
+    ``TrainResult.complete`` says which. The kept model is the best epoch by the metric,
+    calibrated on the validation fold."""
+    run_dir = Path(run_dir).resolve()  # fastai joins learn.path with file names: keep them absolute
+    state = TrainingState.load(run_dir)
+    if state is not None and not resume:
+        raise UserError(f"{run_dir} holds a run ({state.describe(experiment.phases)}): pass --resume to continue "
+                        "it, or another --out")
+    if state is None:
+        state = TrainingState(experiment.name)
+    elif state.experiment != experiment.name:
+        raise UserError(f"{run_dir} holds a run of {state.experiment}, not {experiment.name}")
+    (run_dir / "models").mkdir(parents=True, exist_ok=True)
+    if rank_distrib() == 0:
+        (run_dir / "config.toml").write_text(experiment.to_toml())
+    budget = budget or Budget(time_limit)
+    if state.complete:
+        print(f"{run_dir}: already complete", flush=True)
+        return _result(run_dir, experiment, table)
+    set_seed(experiment.data.seed, reproducible=True)  # python, numpy and torch generators
+    valid_mask = (table["fold"] == experiment.data.fold).to_numpy()
+    if not valid_mask.any() or valid_mask.all():
+        raise UserError(f"fold {experiment.data.fold}: needs both training and validation images ({len(table)} rows)")
+    images = slice_images(table, folder, experiment, dicom)
+    targets = table[list(LABELS)].to_numpy(np.float32)
+    train_rows, valid_rows = np.flatnonzero(~valid_mask), np.flatnonzero(valid_mask)
+    dls = DataLoaders(loader(experiment, Rows(images, train_rows), targets[train_rows], train=True),
+                      loader(experiment, Rows(images, valid_rows), targets[valid_rows], shard=True,
+                             sample=experiment.data.valid_samples or None), path=run_dir, device=_device())
+    if len(dls.train) == 0:
+        raise UserError(f"an epoch of {dls.train._size()} training slices holds no full batch of "
+                        f"{experiment.data.batch_size}: lower [data] batch_size or raise samples_per_epoch")
+    learn = build_learner(dls, experiment, run_dir, pretrained=state.phase == 0 and state.epoch == 0)
+    run = Run(run_dir, experiment, budget, state, len(train_rows), len(valid_rows))
+    run.valid_share = len(dls.valid.dataset) / len(valid_rows)
+    learn.add_cb(_ValidTimer(run))
+    restore = None
+    if checkpoint_path(run_dir).exists() and (state.phase or state.epoch):
+        restore = load_checkpoint(run_dir)  # saved where state.json says the run continues
+        learn.model.load_state_dict(restore["model"])
+        print(f"resuming {run_dir}: {state.describe(experiment.phases)}", flush=True)
+    try:
+        for index, phase in enumerate(experiment.phases):
+            if index < state.phase:
+                continue
+            start = state.epoch if index == state.phase else 0
+            if phase.freeze:
+                learn.freeze()
+            else:
+                learn.unfreeze()
+            learn.opt_func, learn.opt = OPTIMIZERS[phase.optimizer], None
+            learn.create_opt()
+            control, restore = RunControl(run, index, start, restore), None
+            fit_kwargs = {} if phase.weight_decay is None else {"wd": phase.weight_decay}
+            with _distributed(learn):
+                learn.fit(phase.epochs, cbs=[_phase_schedule(learn, phase), control], start_epoch=start,
+                          **fit_kwargs)
+            if run.stopped is not None:
+                raise run.stopped
+        if restore is not None:  # stopped before the final evaluation last time
+            _set_rng_state(restore["rng"])
+        if not run.budget.allows(run.final_estimate()):
+            raise Stop(len(experiment.phases), 0)
+    except Stop as stop:
+        run.session["ended"] = f"time limit before epoch {stop.epoch + 1} of phase {stop.phase + 1}" \
+            if stop.phase < len(experiment.phases) else "time limit before the final evaluation"
+        run.save()
+        _barrier()
+        if rank_distrib() == 0:
+            print(f"stopped by the time limit ({state.describe(experiment.phases)}); continue with the same "
+                  f"command plus --resume", flush=True)
+        return TrainResult(run_dir, run_dir / "models" / "checkpoint.pth", False, pd.DataFrame(run.history), [],
+                           np.empty((0, 6)), np.empty((0, 6)), {})
+    _barrier()
+    if rank_distrib() != 0:
+        return TrainResult(run_dir, run_dir / "models" / "final.pth", True, pd.DataFrame(), [], np.empty((0, 6)),
+                           np.empty((0, 6)), {})
+    os.environ["WORLD_SIZE"] = "1"  # rank 0 alone from here: fastai must not gather across ranks
+    return _finish(learn, run, table, images, valid_rows, targets)
+
+
+def _finish(learn, run: Run, table, images, valid_rows, targets) -> TrainResult:
+    """The kept (best) model, its TTA predictions on the whole validation fold, calibration,
+    metrics, predictions and the complete state."""
+    experiment, run_dir = run.experiment, run.dir
+    best = run_dir / "models" / "best.pth"
+    if best.exists():
+        load_weights(learn, best)
+    final = run_dir / "models" / "final.pth"
+    save_weights(learn.model, final)
+    valid = loader(experiment, Rows(images, valid_rows), targets[valid_rows])
+    probs, _ = slice_predictions(learn, valid, experiment)
+    y = targets[valid_rows]
+    rates = targets[np.setdiff1d(np.arange(len(table)), valid_rows)].mean(axis=0)
+    calibration, scores = calibrate.summary(probs, y, table["PatientID"].to_numpy()[valid_rows], rates)
+    write_atomic(run_dir / "calibration.json", (json.dumps(calibration.as_json(), indent=2) + "\n").encode())
+    calibrated = calibration.apply(probs)
+    ids = table["ID"].to_numpy()[valid_rows]
+    pd.DataFrame(calibrated, columns=list(LABELS)).assign(ID=ids).to_csv(run_dir / "valid_predictions.csv",
+                                                                         index=False)
+    history = pd.DataFrame(run.history)
+    metrics = {
+        "experiment": experiment.name, "ichkaggle_version": __version__, "fold": experiment.data.fold,
+        "train_images": run.n_train, "valid_images": run.n_valid,
+        "valid_weighted_log_loss": scores["valid_calibrated"], **scores,
+        "valid_per_label": per_label_log_loss(y, calibrated), "label_rates": rates.tolist(),
+        "best_epoch": run.state.best, "beats_prior": scores["valid_calibrated"] < scores["valid_prior"],
+        "train_loss": float(history["train_loss"].iloc[-1]), "valid_loss": float(history["valid_loss"].iloc[-1]),
+        "seconds": round(sum(s["seconds"] for s in run.state.sessions), 1), "sessions": len(run.state.sessions),
+        "device": run.session["device"],
+    }
+    write_atomic(run_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    run.state.complete = True
+    run.session["ended"] = "complete"
+    run.save()
+    if not metrics["beats_prior"]:
+        print(f"warning: the model does not beat the constant prior on validation (calibrated "
+              f"{scores['valid_calibrated']:.4f} vs prior {scores['valid_prior']:.4f})", flush=True)
+    return TrainResult(run_dir, final, True, history, list(ids), y, calibrated, metrics)
+
+
+def _result(run_dir: Path, experiment: Experiment, table: pd.DataFrame) -> TrainResult:
+    """A complete run, read back from its files."""
+    preds = pd.read_csv(run_dir / "valid_predictions.csv")
+    truth = table.set_index("ID").loc[preds["ID"], list(LABELS)].to_numpy(np.float64)
+    return TrainResult(run_dir, run_dir / "models" / "final.pth", True, pd.read_csv(run_dir / "history.csv"),
+                       list(preds["ID"]), truth, preds[list(LABELS)].to_numpy(),
+                       json.loads((run_dir / "metrics.json").read_text()))
+
+
 # ----------------------------------------------------------------------------- prediction
 
 
-def predict(
-    test_paths: Sequence[str],
-    experiment: Experiment,
-    weights: Sequence[str | os.PathLike],
-    tta: bool | None = None,
-) -> np.ndarray:
-    """Test images -> (N, 6) probabilities in input order; several weights files are averaged.
+def slice_predictions(learn, dl: SliceLoader, experiment: Experiment, tta: bool | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, embeddings) of every item of ``dl`` in order; with TTA, ``tta_n``
+    augmented passes averaged and mixed with the plain pass as fastai's ``tta`` does
+    (``aug ** beta * plain ** (1 - beta)``). Embeddings are the head's last hidden layer."""
+    tta = experiment.predict.tta if tta is None else tta
+    head = learn.model[-1][-1]
+    captured: list = []
+    hook = head.register_forward_hook(lambda module, args, out: captured.append(args[0].detach().float().cpu()))
 
-    The learner is rebuilt from the experiment (no download, no pickled code) and the weights
-    loaded; TTA uses the training augmentations (flips, small affine) as fastai's ``tta`` does.
-    """
+    def one_pass() -> tuple[torch.Tensor, torch.Tensor]:
+        captured.clear()
+        preds, _ = learn.get_preds(dl=dl, reorder=False)  # in order already; keeps the loader's workers
+        return preds.float(), torch.cat(captured)
+
+    try:
+        plain, embedding = one_pass()
+        if tta:
+            with dl.dataset.set_split_idx(0):  # the training augmentations, as fastai's tta
+                passes = [one_pass() for _ in range(experiment.predict.tta_n)]
+            augmented = torch.stack([p for p, _ in passes]).mean(0)
+            beta = experiment.predict.tta_beta
+            plain = augmented ** beta * plain ** (1 - beta)
+            embedding = (torch.stack([e for _, e in passes]).mean(0) * beta + embedding * (1 - beta))
+    finally:
+        hook.remove()
+    return plain.numpy().astype(np.float64), embedding.numpy()
+
+
+def run_of(weights: str | os.PathLike) -> Path:
+    """The run folder of a weights file (``RUN/models/final.pth``)."""
+    return Path(weights).resolve().parent.parent
+
+
+def predict(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment, weights, *,
+            dicom: bool = False, tta: bool | None = None, embeddings: bool = False):
+    """``table``'s slices -> (N, 6) probabilities, each model calibrated as its run was, then
+    averaged (several weights: e.g. one per fold). With ``embeddings`` also the per-model
+    embeddings (a list, one (N, D) array per model)."""
     if not weights:
         raise UserError("no weights given")
-    if len(test_paths) == 0:
+    if len(table) == 0:
         raise UserError("no test images")
-    tta = experiment.predict.tta if tta is None else tta
-    # The DataBlock wants a train and a valid split: the test paths with dummy labels stand in
-    # (nothing is trained on them); predictions come from test_dl in input order.
-    stand_in = pd.DataFrame({"path": list(test_paths[:2]) * 2})
-    stand_in[list(LABELS)] = 0
-    stand_in["fold"] = [0, 1, 0, 1]
-    dls = build_dataloaders(stand_in, replace(experiment, data=replace(experiment.data, fold=0)))
-    test_dl = dls.test_dl(pd.DataFrame({"path": list(test_paths)}))
-    all_preds = []
+    images = slice_images(table, folder, experiment, dicom)
+    dl = loader(experiment, images)
+    stand_in = DataLoaders(dl, dl, device=dl.device)
+    probs, vectors = [], []
     for path in weights:
-        learn = build_learner(dls, experiment, Path("."), pretrained=False)
+        learn = build_learner(stand_in, experiment, Path("."), pretrained=False)
         load_weights(learn, path)
-        _drop_bars(learn)
-        if tta:
-            preds, _ = learn.tta(dl=test_dl, n=experiment.predict.tta_n, beta=experiment.predict.tta_beta)
-        else:
-            preds, _ = learn.get_preds(dl=test_dl)
-        all_preds.append(preds.float().numpy())
-    return np.mean(all_preds, axis=0)
+        p, e = slice_predictions(learn, dl, experiment, tta)
+        probs.append(run_calibration(path).apply(p))
+        vectors.append(e)
+    mean = np.mean(probs, axis=0)
+    return (mean, vectors) if embeddings else mean
+
+
+def run_calibration(weights: str | os.PathLike) -> calibrate.Calibration:
+    """The calibration the weights' run fitted (identity, with a warning, for weights from elsewhere)."""
+    path = run_of(weights) / "calibration.json"
+    if path.exists():
+        return calibrate.Calibration.from_json(json.loads(path.read_text()))
+    print(f"warning: no {path}: {weights} predicts uncalibrated", file=sys.stderr, flush=True)
+    return calibrate.Calibration.identity([np.nan] * len(LABELS))
+
+
+def fill_rates(weights) -> np.ndarray:
+    """The training label rates of the runs (averaged): what a slice that could not be read
+    is predicted -- one rule for ``predict``, the demo and the infer kernel."""
+    rates = np.array([run_calibration(w).label_rates for w in weights], dtype=np.float64)
+    if np.isnan(rates).any():
+        raise UserError("the training label rates are unknown for weights without calibration.json; "
+                        "a slice that failed to prepare cannot be filled in")
+    return rates.mean(axis=0)

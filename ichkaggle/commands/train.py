@@ -1,11 +1,17 @@
 """Train an experiment (a TOML config) on prepared images with fastai + timm.
 
-Reads the prepare output (OUT/images + metadata.csv) and the labels (the long training
-CSV or `ichkaggle labels` output); folds are computed by patient unless --folds gives a
-table with a fold column. Writes to --out: config.toml (resolved), models/<phase>.pth
-per phase + final.pth, history.csv, metrics.json, valid_predictions.csv and report.md.
-configs/exp_00.toml is the seed notebook's EXP_00 (EfficientNet-B5, 224 px, frozen
-one-cycle with Adam, then unfrozen flat-cos with RAdam). Needs the train extra.
+Reads the prepare output (either layout: loose images or shards) and the labels (the long
+training CSV or `ichkaggle labels` output); folds are computed by patient unless --folds
+gives a table with a fold column. Writes to --out: config.toml (resolved), history.csv,
+state.json, models/best.pth (the best epoch by the competition metric), models/final.pth,
+models/checkpoint.pth (after every epoch), calibration.json (Platt scaling per label, fitted
+on the validation fold), metrics.json (the model, the calibrated model and the constant
+prior on validation), valid_predictions.csv and report.md.
+
+--time-limit stops between epochs when the next one (as measured so far) would not fit,
+with everything saved; exit 0 and state.json "complete": false. The same command plus
+--resume continues exactly there (a resumed run reproduces an uninterrupted one).
+configs/exp_00.toml is the seed notebook's EXP_00. Needs the train extra.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="experiment TOML: a path or a bundled name (demo, exp_00, b0_baseline)")
+    parser.add_argument("--config", required=True, help="experiment TOML: a path or a bundled name (demo, exp_00, ...)")
     parser.add_argument("--prepared", required=True, metavar="DIR", help="ichkaggle prepare output for the train slices")
     parser.add_argument("--labels", required=True, metavar="CSV", help="stage_2_train.csv or ichkaggle labels output")
     parser.add_argument("--folds", default=None, metavar="CSV", help="a table with ID and fold (default: computed)")
@@ -23,43 +29,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dicom", default=None, metavar="DIR",
                         help="decode DICOMs from DIR in the loader instead of reading prepared images")
     parser.add_argument("--out", default=None, metavar="RUN_DIR", help="run directory (default runs/<name>/fold<k>)")
-    parser.add_argument("--resume", action="store_true", help="skip phases whose checkpoint exists")
+    parser.add_argument("--time-limit", default=None, metavar="DURATION",
+                        help="stop cleanly before this much time has passed: seconds, or 90s, 45m, 11h15m")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
 
 
 def run(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from ..experiment import load_experiment
-    from ..folds import add_fold_column
-    from ..labels import read_labels_csv
+    from ..run_state import parse_duration
 
     overrides = {} if args.fold is None else {"fold": args.fold}
     if args.dicom:
         overrides["source"] = "dicom"
     experiment = load_experiment(args.config, **overrides)
-    prepared = Path(args.prepared)
-    metadata = pd.read_csv(prepared / "metadata.csv", keep_default_na=False)
-    wide = read_labels_csv(args.labels)
-    if args.folds:
-        folds = pd.read_csv(args.folds)[["ID", "fold"]].merge(wide, on="ID")
-    else:
-        folds = add_fold_column(metadata, wide, experiment.data.n_folds, experiment.data.seed)
-    from ..report import write_report
-    from ..training import image_items, train
+    limit = parse_duration(args.time_limit) if args.time_limit else None
+    table = training_table(Path(args.prepared), args.labels, args.folds, experiment)
+    from ..training import train  # torch from here on
 
-    if args.dicom:
-        items = image_items(folds, Path(args.dicom), suffix=".dcm")
-    else:
-        from ..prepared import IMAGES, read_settings
-
-        items = image_items(folds, prepared / IMAGES, suffix="." + read_settings(prepared).format)
     out = Path(args.out or f"runs/{experiment.name}/fold{experiment.data.fold}")
-    result = train(items, experiment, out, resume=args.resume)
-    if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
+    folder = Path(args.dicom or args.prepared)
+    result = train(table, folder, experiment, out, dicom=bool(args.dicom), time_limit=limit, resume=args.resume)
+    if not result.complete or not result.metrics:  # stopped by the limit, or a non-zero rank of a distributed run
         return 0
-    valid_paths = list(items.set_index("ID").loc[result.valid_ids, "path"])
-    report = write_report(out, experiment, result.history, result.metrics, valid_paths,
-                          result.valid_targets, result.valid_preds)
-    print(f"validation weighted log loss {result.metrics['valid_weighted_log_loss']:.4f}")
+    from ..report import write_run_report
+
+    report = write_run_report(result, experiment, table, folder, bool(args.dicom))
+    metrics = result.metrics
+    print(f"validation weighted log loss {metrics['valid_weighted_log_loss']:.4f} (calibrated, cross-fitted); "
+          f"model alone {metrics['valid_raw']:.4f}, constant prior {metrics['valid_prior']:.4f}")
     print(f"weights {result.weights}\nreport {report}")
     return 0
+
+
+def training_table(prepared: Path, labels_csv, folds_csv, experiment):
+    """One row per labelled, prepared slice: ID, PatientID, series and position, fold, labels."""
+    import pandas as pd
+
+    from ..folds import add_fold_column
+    from ..labels import read_labels_csv
+    from ..prepared import METADATA
+    from ..tables import read_csv
+
+    metadata = read_csv(prepared / METADATA, "metadata", dtype={"ID": object, "PatientID": object,
+                                                               "SeriesInstanceUID": object}, keep_default_na=False)
+    wide = read_labels_csv(labels_csv)
+    if folds_csv:
+        folds = read_csv(folds_csv, "folds", dtype={"ID": object})[["ID", "fold"]]
+        series = metadata[["ID", "PatientID", "SeriesInstanceUID", "position"]]
+        return folds.merge(series, on="ID").merge(wide, on="ID")
+    table = add_fold_column(metadata, wide, experiment.data.n_folds, experiment.data.seed)
+    return table.assign(position=pd.to_numeric(table["position"])) if "position" in table else table
