@@ -1,10 +1,11 @@
-"""Throughput of ``prepare`` against the seed notebook's way, in the same run, as ratios.
+"""Throughput of ``ichkaggle prepare`` against the seed notebook's way, in the same run, as ratios.
 
 The seed's way per slice: pydicom ``pixel_array``, float rescale, one window, a PIL PNG at
 512 px; then a second pass that opens it, resizes to 256 and saves again. ichkaggle's
-way: fast header parse, three windows, one area-resized 256 px image written once.
+way, as a user runs it: the CLI in a fresh process (start-up included), fast header parse,
+three windows, one area-resized 256 px image, written as its own file or packed into shards.
 
-    python benchmarks/bench_prepare.py [--slices 300] [--size 256] [--real DIR]
+    python benchmarks/bench_prepare.py [--slices 1500] [--size 256] [--real DIR] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -41,19 +42,58 @@ def seed_way(files: list[Path], out: Path, size: int) -> float:
     return time.perf_counter() - start
 
 
-def ichkaggle_way(src: Path, out: Path, size: int, fmt: str, workers: int) -> float:
-    from ichkaggle.prepare import PrepareSettings, prepare
+def ichkaggle_way(src: Path, out: Path, size: int, fmt: str, workers: int, pack: bool) -> float:
+    import subprocess
 
+    command = [sys.executable, "-m", "ichkaggle.cli", "prepare", str(src), str(out), "--size", str(size),
+               "--format", fmt, "--workers", str(workers), "--quiet"] + (["--pack"] if pack else [])
     start = time.perf_counter()
-    result = prepare(src, out, PrepareSettings(size=size, format=fmt), workers=workers, show_progress=False)
+    done = subprocess.run(command, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
-    assert result.failed == 0, result.describe()
+    assert done.returncode == 0 and " 0 failed" in done.stdout, done.stdout + done.stderr
     return elapsed
+
+
+def breakdown(src: Path, size: int) -> None:
+    """Where a packed JPEG slice's time goes: start-up, then each step in one process."""
+    import subprocess
+
+    from ichkaggle.dicom import read_stored
+    from ichkaggle.prepare import encode, one_thread, render
+    from ichkaggle.prepared import PrepareSettings
+
+    empty = Path(tempfile.mkdtemp(prefix="empty-"))
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "ichkaggle.cli", "prepare", str(empty), str(empty / "out"), "--quiet",
+                    "--pack", "--format", "jpg"], check=True, capture_output=True)
+    startup = time.perf_counter() - start
+    files = sorted(src.glob("*.dcm"))
+    settings = PrepareSettings(size=size, format="jpg")
+    one_thread()
+    steps = {"read + parse the header": lambda f: read_stored(f)}
+    t = {}
+    for name, fn in steps.items():
+        start = time.perf_counter()
+        decoded = [fn(f) for f in files]
+        t[name] = (time.perf_counter() - start) / len(files) * 1000
+    start = time.perf_counter()
+    images = [render(stored, rescale, settings) for stored, rescale, _ in decoded]
+    t["rescale + area resize + 3 windows"] = (time.perf_counter() - start) / len(files) * 1000
+    start = time.perf_counter()
+    for image in images:
+        encode(image, settings)
+    t["JPEG encode"] = (time.perf_counter() - start) / len(files) * 1000
+    print(f"\nwhere a packed JPEG slice's time goes ({len(files)} slices, one process):")
+    print(f"- CLI start-up and the end (imports, metadata.csv, index), once: {startup:.2f} s "
+          f"= {startup / len(files) * 1000:.2f} ms a slice here")
+    for name, ms in t.items():
+        print(f"- {name}: {ms:.2f} ms")
+    shutil.rmtree(empty, ignore_errors=True)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slices", type=int, default=300, help="synthetic 512x512 slices to time")
+    parser.add_argument("--slices", type=int, default=1500, help="synthetic 512x512 slices to time")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--real", type=Path, default=None, help="also time a folder of real slices")
     parser.add_argument("--real-copies", type=int, default=10, help="copies of each real slice to time")
@@ -76,8 +116,8 @@ def main(argv=None) -> int:
                     shutil.copy(path, real / f"{path.stem}_{i}.dcm")
             sources[f"real ({len(originals)} slices x {args.real_copies})"] = real
         print(f"cores: {os.cpu_count()}  python: {sys.version.split()[0]}")
-        print("| source | way | format | workers | ms/slice | speed-up vs seed |")
-        print("|---|---|---|---|---|---|")
+        print("| source | way | format | layout | workers | ms/slice | speed-up vs seed |")
+        print("|---|---|---|---|---|---|---|")
         for label, src in sources.items():
             files = sorted(src.glob("*.dcm"))
 
@@ -90,16 +130,20 @@ def main(argv=None) -> int:
                 return min(times) / len(files) * 1000
 
             seed_ms = best(lambda target: seed_way(files, target, args.size))
-            print(f"| {label} | seed notebook | png | 1 | {seed_ms:.2f} | 1.0x |")
+            print(f"| {label} | seed notebook | png | files | 1 | {seed_ms:.2f} | 1.0x |")
             one = {}
-            for fmt in ("png", "jpg"):
+            for fmt, pack in (("png", False), ("jpg", False), ("png", True), ("jpg", True)):
+                layout = "packed" if pack else "files"
                 for workers in (1, 2):
-                    ms = best(lambda target: ichkaggle_way(src, target, args.size, fmt, workers))
-                    one.setdefault(fmt, ms)
-                    print(f"| {label} | ichkaggle prepare | {fmt} | {workers} | {ms:.2f} | {seed_ms / ms:.1f}x |")
+                    ms = best(lambda target: ichkaggle_way(src, target, args.size, fmt, workers, pack))
+                    one.setdefault((fmt, pack), ms)
+                    print(f"| {label} | ichkaggle prepare | {fmt} | {layout} | {workers} | {ms:.2f} | "
+                          f"{seed_ms / ms:.1f}x |")
                     if workers == 2:
-                        print(f"| {label} | (1 -> 2 workers) | {fmt} | | | {one[fmt] / ms:.2f}x |")
-        per_slice = one["jpg"] / 1000
+                        print(f"| {label} | (1 -> 2 workers) | {fmt} | {layout} | | | {one[(fmt, pack)] / ms:.2f}x |")
+            if label.startswith("synthetic"):
+                breakdown(src, args.size)
+        per_slice = one[("jpg", True)] / 1000
         print(f"\nstage 2 (874,035 slices) at the 1-worker JPEG rate on a 4-core Kaggle session (~3.6x): "
               f"{874_035 * per_slice / 3.6 / 60:.0f} min")
     finally:

@@ -1,10 +1,14 @@
-"""Training and inference throughput (img/s): model alone, loader alone, and the two together.
+"""The training loop against the model alone (img/s), on the device at hand: does the GPU wait?
 
-Which one bounds a run? The model alone (synthetic tensors already on the device), the
-fastai loader alone (decode PNG + augment + collate, no model), and the real loop
-(loader + model). On a GPU it runs with mixed precision and channels_last.
+Model alone: the raw training step (mixed precision, channels_last on a GPU) on tensors
+already on the device. The loop: ``learn.fit`` over packed 224 px JPEGs with the package's
+loader and learner -- augmentation, validation (one tenth of the epoch's images) and the
+metric included -- timed from the first batch to the end of validation. Each arch gets
+``--epochs`` epochs of ``--batches`` batches; the first one warms up (workers, cudnn) and
+the rest are reported. ``--profile`` prints where one epoch spends its time.
 
-    python benchmarks/bench_train.py [--arch efficientnet_b0] [--size 224] [--batches 6] [--bs 32]
+    python benchmarks/bench_train.py --archs efficientnet_b0:256,efficientnet_b5:128 --workers 4
+    python benchmarks/bench_train.py --archs efficientnet_b0:16 --size 64 --batches 6   # CPU smoke
 """
 
 from __future__ import annotations
@@ -19,114 +23,104 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def _timed(fn, batches: int, bs: int, sync) -> float:
-    fn()  # warm-up (cudnn autotune, first allocations, loader start)
-    sync()
-    start = time.perf_counter()
-    for _ in range(batches):
-        fn()
-    sync()
-    return batches * bs / (time.perf_counter() - start)
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", default="efficientnet_b0")
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--bs", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=6)
-    parser.add_argument("--slices", type=int, default=None, help="synthetic slices to prepare (default: enough batches)")
-    parser.add_argument("--workers", type=int, default=-1, help="loader workers (-1: 0 on CPU, 4 on GPU)")
-    args = parser.parse_args(argv)
-
+def model_alone(learn, bs: int, size: int, steps: int) -> float:
+    """img/s of forward + backward + step on synthetic tensors (the loop's ceiling)."""
     import torch
 
-    from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase
-    from ichkaggle.folds import add_fold_column
-    from ichkaggle.labels import read_labels_csv
-    from ichkaggle.prepare import PrepareSettings, prepare
-    from ichkaggle.synth import load_config, synthesize
-    from ichkaggle.training import build_dataloaders, build_learner, image_items
-
-    cuda = torch.cuda.is_available()
-    device = torch.device("cuda" if cuda else "cpu")
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    n = args.slices or max(200, (args.batches + 2) * args.bs * 2)
-    synthesize(work / "data", n, 0, seed=0, config=load_config(size=256), show_progress=False)
-    meta = prepare(work / "data" / "stage_2_train", work / "prep", PrepareSettings(size=args.size),
-                   show_progress=False).metadata
-    folds = add_fold_column(meta, read_labels_csv(work / "data" / "stage_2_train.csv"), k=5, seed=0)
-    items = image_items(folds, work / "prep" / "images")
-    experiment = Experiment(
-        name="bench",
-        model=ModelConfig(arch=args.arch),
-        data=DataConfig(size=args.size, batch_size=args.bs, num_workers=args.workers),
-        phases=(Phase(name="p", epochs=1, lr=1e-3),),
-    )
-    dls = build_dataloaders(items, experiment, device=device)
-    learn = build_learner(dls, experiment, work)
-    model = learn.model.to(device)
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    x = torch.randn(args.bs, 3, args.size, args.size, device=device)
-    y = (torch.rand(args.bs, 6, device=device) > 0.8).float()
+    model, device = learn.model.train(), learn.dls.device
+    cuda = device.type == "cuda"
+    x = torch.randn(bs, 3, size, size, device=device)
+    y = (torch.rand(bs, 6, device=device) > 0.8).float()
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.float16) if cuda else torch.autocast("cpu", enabled=False)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    dtype = torch.bfloat16 if cuda and torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and dtype == torch.float16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
 
-    def step(xb, yb):
-        with autocast:
-            loss = loss_fn(model(xb).float(), yb)
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=cuda):
+            loss = loss_fn(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
 
-    def infer(xb):
-        with torch.no_grad(), autocast:
-            model(xb)
+    for _ in range(3):
+        step()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    return steps * bs / (time.perf_counter() - start)
 
-    loader = iter(())
 
-    def next_batch():
-        nonlocal loader
-        try:
-            return next(loader)
-        except StopIteration:
-            loader = iter(dls.train)
-            return next(loader)
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", default="efficientnet_b0:256,efficientnet_b5:128", help="arch:batch,...")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batches", type=int, default=60, help="training batches per epoch (>= 50 for the goal)")
+    parser.add_argument("--epochs", type=int, default=3, help="the first warms up")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--images", type=int, default=1024, help="distinct synthetic slices (repeated to fill)")
+    parser.add_argument("--profile", action="store_true", help="print the top operators of one epoch")
+    args = parser.parse_args(argv)
 
-    def plain(batch):  # fastai's typed tensors -> plain tensors for the raw torch loop
-        return [t.as_subclass(torch.Tensor) for t in batch]
+    import numpy as np
+    import torch
+    from fastai.data.core import DataLoaders
 
-    def real_train():
-        xb, yb = plain(next_batch())
-        step(xb.contiguous(memory_format=torch.channels_last) if cuda else xb, yb.float())
+    from ichkaggle import LABELS
+    from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase
+    from ichkaggle.images import Rows, slice_images
+    from ichkaggle.prepare import PrepareSettings, prepare
+    from ichkaggle.prepared import read_slices
+    from ichkaggle.synth import load_config, synthesize
+    from ichkaggle.training import build_learner, loader
 
-    def real_infer():
-        xb, _ = plain(next_batch())
-        infer(xb)
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    synthesize(work / "data", args.images, 0, seed=0, config=load_config(size=512), show_progress=False)
+    prepare(work / "data" / "stage_2_train", work / "prep", PrepareSettings(size=args.size, format="jpg"),
+            show_progress=False, pack=True)
+    table, _ = read_slices(work / "prep")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"{name}; {args.size} px JPEG (packed), {args.workers} loader workers, torch {torch.__version__}")
+    print("| model | batch | model alone img/s | fit img/s (validation included) | fit / model alone |")
+    print("|---|---:|---:|---:|---:|")
+    for spec in args.archs.split(","):
+        arch, bs = spec.split(":")
+        bs = int(bs)
+        experiment = Experiment("bench", ModelConfig(arch=arch), DataConfig(size=args.size, batch_size=bs,
+                                                                            num_workers=args.workers, seed=0),
+                                (Phase("p", args.epochs, 1e-4),))
+        images = slice_images(table, work / "prep", experiment)
+        n_train = bs * args.batches
+        rows = np.arange(n_train) % len(table)
+        valid = np.arange(max(bs, n_train // 10)) % len(table)
+        targets = table.assign(**{label: 0 for label in LABELS})[list(LABELS)].to_numpy(np.float32)
+        dls = DataLoaders(loader(experiment, Rows(images, rows), targets[rows], train=True),
+                          loader(experiment, Rows(images, valid), targets[valid]), device=device)
+        learn = build_learner(dls, experiment, work, pretrained=False)
+        ceiling = model_alone(learn, bs, args.size, steps=min(args.batches, 30))
+        times = []
+        learn.fit(1, 1e-4)  # warm-up: workers, cudnn autotuning, first allocations
+        for _ in range(args.epochs - 1):
+            start = time.perf_counter()
+            learn.fit(1, 1e-4)
+            times.append(time.perf_counter() - start)
+        fit = n_train / min(times)
+        print(f"| {arch} | {bs} | {ceiling:.0f} | {fit:.0f} | {fit / ceiling:.0%} |", flush=True)
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
 
-    rows = [
-        ("train", "model alone (synthetic tensors)", _timed(lambda: step(x, y), args.batches, args.bs, sync)),
-        ("train", "loader alone", _timed(next_batch, args.batches, args.bs, sync)),
-        ("train", "loader + model", _timed(real_train, args.batches, args.bs, sync)),
-    ]
-    model.eval()
-    rows += [
-        ("inference", "model alone (synthetic tensors)", _timed(lambda: infer(x), args.batches, args.bs, sync)),
-        ("inference", "loader + model", _timed(real_infer, args.batches, args.bs, sync)),
-    ]
-    name = torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    print(f"{args.arch} at {args.size} px, batch {args.bs}, {name}, AMP+channels_last={cuda}")
-    print("| phase | what | img/s | share of model-alone |")
-    print("|---|---|---|---|")
-    model_alone = {phase: ips for phase, what, ips in rows if what.startswith("model alone")}
-    for phase, what, ips in rows:
-        print(f"| {phase} | {what} | {ips:.1f} | {ips / model_alone[phase]:.0%} |")
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            with profile(activities=activities) as prof:
+                learn.fit(1, 1e-4)
+            key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+            print(prof.key_averages().table(sort_by=key, row_limit=15))
     return 0
 
 

@@ -77,6 +77,12 @@ class _Batches(torch.utils.data.Sampler):
         return len(self.batches)
 
 
+def _worker_init(_worker: int) -> None:
+    from .prepare import one_thread
+
+    one_thread()
+
+
 class SliceLoader(TfmdDL):
     """The loader (see the module docstring). ``workers`` decode in persistent processes;
     ``rank``/``world`` give each process of a distributed run its share of every epoch."""
@@ -136,7 +142,8 @@ class SliceLoader(TfmdDL):
             on_gpu = self.device is not None and self.device.type == "cuda"
             self._torch = torch.utils.data.DataLoader(self.dataset, batch_sampler=_Batches(), collate_fn=collate,
                                                       num_workers=self.workers, persistent_workers=True,
-                                                      pin_memory=on_gpu, prefetch_factor=4)
+                                                      pin_memory=on_gpu, prefetch_factor=4,
+                                                      worker_init_fn=_worker_init)
         self._torch.batch_sampler.batches = batches
         yield from self._torch
 

