@@ -2,10 +2,13 @@
 
 Why: a model that over-fits a small training set can be far worse than predicting the label
 rates (log loss punishes confident mistakes). ``sigmoid(a * logit + b)`` with ``a = 0`` *is*
-a constant prediction, and the fit starts there (at the training label rate) and only ever
-lowers the loss, so the calibrated model is never worse than that prior on the data it was
-fitted on. The CV reported for it is cross-fitted (each part of the validation fold scored
-with a fit on the other parts, split by patient), so it stays honest.
+a constant prediction: a fit that does worse than the training label rate on the data it was
+fitted on is replaced by that rate, so the calibrated model is never worse than the prior
+there. The fit itself is Platt's: targets smoothed to ``(n+ + 1) / (n+ + 2)`` and
+``1 / (n- + 2)`` and a light pull towards the identity, so a label with few positives in a
+small validation fold cannot run off to a confident extreme. The CV reported for it is
+cross-fitted (each part of the validation fold scored with a fit on the other parts, split
+by patient), so it stays honest.
 """
 
 from __future__ import annotations
@@ -23,25 +26,31 @@ def logit(p) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def _loss(a: float, b: float, z: np.ndarray, y: np.ndarray) -> float:
-    t = a * z + b  # mean BCE with logits, computed stably
-    return float(np.mean(np.logaddexp(0.0, t) - y * t))
+PULL = 1.0  # weight of the (a - 1)^2 + b^2 pull towards the identity, in examples' worth
 
 
-def fit_label(z: np.ndarray, y: np.ndarray, start_rate: float, steps: int = 50) -> tuple[float, float]:
-    """(a, b) minimising the log loss of ``sigmoid(a z + b)``, by damped Newton steps from
-    ``(0, logit(start_rate))``; a step is taken only when it lowers the loss."""
-    a, b = 0.0, float(logit(start_rate))
-    current = _loss(a, b, z, y)
+def _loss(a: float, b: float, z: np.ndarray, t: np.ndarray, pull: float = 0.0) -> float:
+    u = a * z + b  # mean BCE with logits against (soft) targets t, computed stably
+    return float(np.mean(np.logaddexp(0.0, u) - t * u) + pull * ((a - 1) ** 2 + b ** 2) / len(z))
+
+
+def fit_label(z: np.ndarray, y: np.ndarray, prior_rate: float, steps: int = 50) -> tuple[float, float]:
+    """(a, b) of ``sigmoid(a z + b)`` for one label: damped Newton steps on Platt's smoothed
+    targets from the identity; the prior ``(0, logit(prior_rate))`` when that does better on ``y``."""
+    positives = y.sum()
+    t = np.where(y > 0.5, (positives + 1) / (positives + 2), 1 / (len(y) - positives + 2))
+    a, b = 1.0, 0.0
+    current = _loss(a, b, z, t, PULL)
     for _ in range(steps):
         p = sigmoid(a * z + b)
-        g = np.array([np.mean((p - y) * z), np.mean(p - y)])
+        n = len(z)
+        g = np.array([np.mean((p - t) * z) + 2 * PULL * (a - 1) / n, np.mean(p - t) + 2 * PULL * b / n])
         w = p * (1 - p)
-        h = np.array([[np.mean(w * z * z), np.mean(w * z)], [np.mean(w * z), np.mean(w)]]) + 1e-9 * np.eye(2)
+        h = np.array([[np.mean(w * z * z), np.mean(w * z)], [np.mean(w * z), np.mean(w)]]) + (2 * PULL / n) * np.eye(2)
         step = np.linalg.solve(h, g)
         for shrink in (1.0, 0.5, 0.25, 0.125, 0.0625):
             na, nb = a - shrink * step[0], b - shrink * step[1]
-            new = _loss(na, nb, z, y)
+            new = _loss(na, nb, z, t, PULL)
             if new < current:
                 break
         else:
@@ -49,7 +58,8 @@ def fit_label(z: np.ndarray, y: np.ndarray, start_rate: float, steps: int = 50) 
         improvement, (a, b, current) = current - new, (na, nb, new)
         if improvement < 1e-10:
             break
-    return a, b
+    prior = (0.0, float(logit(prior_rate)))
+    return (a, b) if _loss(a, b, z, y) <= _loss(*prior, z, y) else prior
 
 
 @dataclass(frozen=True)
@@ -83,7 +93,7 @@ def fit(probs, targets, label_rates) -> Calibration:
                        tuple(float(r) for r in label_rates))
 
 
-def cross_fitted(probs, targets, groups, label_rates, parts: int = 2, seed: int = 0) -> np.ndarray:
+def cross_fitted(probs, targets, groups, label_rates, parts: int = 5, seed: int = 0) -> np.ndarray:
     """Calibrated probabilities where each group's rows come from a fit on the other parts."""
     probs = np.asarray(probs, dtype=np.float64)
     codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)[1]

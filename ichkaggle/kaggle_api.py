@@ -561,11 +561,12 @@ class KaggleSession:
         return KernelStatus(status, getattr(answer, "failure_message", "") or "")
 
     def kernel_output(self, ref: str, dest: str | os.PathLike, version: int | None = None,
-                      skip_weights: bool = False) -> tuple[list[Path], Path | None]:
-        """Download a kernel version's outputs (and its log) into ``dest``; (files, log path)."""
+                      skip_weights: bool = False, pattern: str | None = None) -> tuple[list[Path], Path | None]:
+        """Download a kernel version's outputs (those matching ``pattern``, without weights and
+        shards with ``skip_weights``) and its log into ``dest``; (files, log path)."""
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
-        pattern = r"^(?!.*\.(pth|pt|safetensors|bin)$)" if skip_weights else None
+        pattern = pattern or (r"^(?!.*\.(pth|pt|safetensors|bin)$)" if skip_weights else None)
 
         def fetch(kernel: str):
             return self.api.kernels_output(kernel, str(dest), file_pattern=pattern, force=True, quiet=True)
@@ -632,6 +633,21 @@ class KaggleSession:
         if getattr(answer, "invalid_tags", None):
             self.log(f"{what}: Kaggle ignored the tags {answer.invalid_tags}")
         return getattr(answer, "url", "") or f"https://www.kaggle.com/datasets/{ref}"
+
+    # -- quota
+
+    def quota(self):
+        """The weekly GPU quota (``kaggle quota``): a :class:`~ichkaggle.plan.Quota` in hours."""
+        from .plan import Quota
+
+        answer = self.call("GPU quota", self.api.quota_view)
+        gpu = getattr(answer, "gpu_quota", None)
+        if gpu is None:
+            raise KaggleError("GPU quota: Kaggle's answer has no GPU quota", kind="refused")
+        total = gpu.total_time_allowed.total_seconds() / 3600
+        used = gpu.time_used.total_seconds() / 3600
+        refresh = getattr(answer, "quota_refresh_time", None)
+        return Quota(max(0.0, total - used), total, refresh.isoformat(timespec="minutes") if refresh else "?")
 
     # -- competitions
 

@@ -243,9 +243,15 @@ class KernelJob:
     title: str
     variables: dict = field(default_factory=dict)
     kernel_sources: tuple[str, ...] | None = None
+    #: the outputs worth downloading: a regex of file names (None: all but weights)
+    fetch: str | None = None
 
     def ref(self, owner: str) -> str:
         return f"{owner}/{self.slug}"
+
+    @property
+    def gpu(self) -> bool:
+        return bool(json.loads((self.template / "kernel-metadata.json").read_text()).get("enable_gpu", False))
 
 
 def kernel_jobs(name: str, owner: str, layout: Layout, config: str, folds: list[int]) -> list[KernelJob]:
@@ -297,7 +303,7 @@ def push_job(session: KaggleSession, job: KernelJob, owner: str, accelerator: st
                                variables=job.variables,
                                kernel_sources=None if job.kernel_sources is None else list(job.kernel_sources),
                                secrets=session.secrets)
-        pushed = session.push_kernel(folder, accelerator=accelerator)
+        pushed = session.push_kernel(folder, accelerator=accelerator if job.gpu else None)
     return PushedKernel(pushed.ref, pushed.version, pushed.url)
 
 
@@ -312,11 +318,12 @@ def log_text(path: Path) -> str:
 
 
 def fetch_outputs(session: KaggleSession, kernel: PushedKernel, out: Path, weights: bool = False,
-                  log: Callable[[str], None] = _print) -> None:
-    """Download a finished version's outputs (weights only if asked) and its log."""
+                  log: Callable[[str], None] = _print, pattern: str | None = None) -> None:
+    """Download a finished version's outputs (weights only if asked, only ``pattern`` if given) and its log."""
     slug = kernel.ref.split("/")[1]
     dest = out / slug / f"v{kernel.version}"
-    files, log_path = session.kernel_output(kernel.ref, dest, kernel.version, skip_weights=not weights)
+    files, log_path = session.kernel_output(kernel.ref, dest, kernel.version, skip_weights=not weights,
+                                            pattern=pattern)
     kernel.output = str(dest)
     if log_path is not None:
         text_path = log_path.with_name(log_path.name + ".txt")
@@ -335,8 +342,9 @@ def log_tail(path: str, lines: int = 15) -> str:
 
 def follow(session: KaggleSession, kernels: list[PushedKernel], polling: Polling, out: Path,
            weights: bool = False, save: Callable[[], None] = lambda: None,
-           log: Callable[[str], None] = _print) -> list[PushedKernel]:
-    """Poll the versions until each ends, fetch each one's outputs and log; returns the failed."""
+           log: Callable[[str], None] = _print, patterns: dict | None = None) -> list[PushedKernel]:
+    """Poll the versions until each ends, fetch each one's outputs (``patterns``: ref -> the
+    file names worth having) and log; returns the failed."""
     by_ref = {k.ref: k for k in kernels}
 
     def changed(ref: str, status: KernelStatus) -> None:
@@ -352,7 +360,8 @@ def follow(session: KaggleSession, kernels: list[PushedKernel], polling: Polling
     for kernel in kernels:
         if not kernel.output or not Path(kernel.output).is_dir():
             try:
-                fetch_outputs(session, kernel, out, weights and kernel.status == "COMPLETE", log)
+                fetch_outputs(session, kernel, out, weights and kernel.status == "COMPLETE", log,
+                              (patterns or {}).get(kernel.ref))
             except UserError as err:
                 if kernel.status == "COMPLETE":
                     raise
@@ -513,129 +522,3 @@ def submit_csv(session: KaggleSession | None, csv: str | os.PathLike, message: s
     log(f"scored: public {info.public_score or '-'}, private {info.private_score or '-'}")
     result.update(status=info.status, public_score=info.public_score, private_score=info.private_score)
     return result
-
-
-# ----------------------------------------------------------------------------- the pipeline
-
-
-class RunState:
-    """The pipeline's JSON state file: what was pushed, each version's status, the submission."""
-
-    def __init__(self, path: Path, data: dict):
-        self.path, self.data = path, data
-
-    @classmethod
-    def load(cls, path: Path, identity: dict) -> "RunState":
-        if path.is_file():
-            data = json.loads(path.read_text())
-            theirs = {k: data.get(k) for k in identity}
-            if theirs != identity:
-                raise UserError(f"{path} belongs to another run ({theirs}, not {identity}): "
-                                "pass another --state or delete it to start over")
-            return cls(path, data)
-        return cls(path, {"version": STATE_VERSION, **identity, "kernels": {}, "submission": None})
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, (json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode())
-
-    def kernel(self, ref: str) -> PushedKernel | None:
-        entry = self.data["kernels"].get(ref)
-        return PushedKernel(**entry) if entry else None
-
-    def put(self, kernel: PushedKernel) -> None:
-        self.data["kernels"][kernel.ref] = kernel.as_dict()
-        self.save()
-
-
-def _stage(session: KaggleSession, state: RunState, jobs: list[KernelJob], owner: str, polling: Polling,
-           out: Path, accelerator: str | None, log: Callable[[str], None]) -> list[PushedKernel]:
-    """Push what is not pushed yet (or failed), follow everything, fetch outputs; raise on failure."""
-    kernels = []
-    for job in jobs:
-        ref = job.ref(owner)
-        kernel = state.kernel(ref)
-        if kernel is not None and kernel.status not in KERNEL_FAILED:
-            log(f"{ref}: version {kernel.version} already pushed ({kernel.status})")
-        else:
-            if kernel is not None:
-                log(f"{ref}: version {kernel.version} ended {kernel.status}; pushing it again")
-            kernel = push_job(session, job, owner, accelerator)
-            log(f"pushed {ref} version {kernel.version}: {kernel.url}")
-            state.put(kernel)
-        kernels.append(kernel)
-
-    def save() -> None:
-        for kernel in kernels:
-            state.data["kernels"][kernel.ref] = kernel.as_dict()
-        state.save()
-
-    failed = follow(session, kernels, polling, out, weights=False, save=save, log=log)
-    if failed:
-        raise UserError("kernel run(s) failed:\n" + failure_text(failed) + "\nfix the cause (then `ichkaggle "
-                        "bundle` + `push dataset` if the code changed) and run the same command again: finished "
-                        "kernels are kept, failed ones are pushed again")
-    return kernels
-
-
-def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config: str, folds: list[int] | None, *,
-                 message: str | None = None, submit: bool = True, sample: str | os.PathLike | None = None,
-                 state_path: Path | None = None, polling: Polling = Polling(), accelerator: str | None = None,
-                 competition: str = COMPETITION, log: Callable[[str], None] = _print) -> dict:
-    """Train every fold on Kaggle (in parallel), infer with their average, submit; resumable."""
-    experiment, folds = experiment_folds(config, folds)
-    train_jobs = kernel_jobs(TRAIN, owner, layout, config, folds)
-    infer_jobs = kernel_jobs(INFER, owner, layout, config, folds)
-    identity = {"config": kernel_config_name(config, layout), "folds": folds, "owner": owner}
-    state_path = state_path or layout.out / f"{identity['config']}-folds{'-'.join(map(str, folds))}.json"
-    state = RunState.load(Path(state_path), identity)
-    warn_if_stale(layout)
-    log(f"run {experiment.name}, folds {folds}, as {owner}; state: {state.path}")
-
-    log(f"[1/3] train: {len(train_jobs)} kernel(s), one per fold, run in parallel by Kaggle")
-    _stage(session, state, train_jobs, owner, polling, layout.out, accelerator, log)
-    log("[2/3] infer: the folds averaged (TTA) into submission.csv")
-    infer, = _stage(session, state, infer_jobs, owner, polling, layout.out, accelerator, log)
-    csv = Path(infer.output) / "submission.csv"
-    if not csv.is_file():
-        raise UserError(f"{infer.ref} v{infer.version} finished without submission.csv in {infer.output} "
-                        f"(log: {infer.log or infer.url})")
-    if not submit:
-        log(f"[3/3] submission skipped (--no-submit): {csv}")
-        return state.data
-    log("[3/3] submit")
-    digest = sha256_file(csv)
-    previous = state.data.get("submission")
-    if previous and previous.get("sha256") == digest and previous.get("status") in ("COMPLETE", "ERROR"):
-        log(f"  this file was submitted already (submission {previous.get('ref')}): {previous.get('status')}, "
-            f"public {previous.get('public_score') or '-'}, private {previous.get('private_score') or '-'}")
-        if previous.get("status") == "ERROR":
-            raise UserError(f"submission {previous.get('ref')} of {csv} was scored ERROR: "
-                            f"{previous.get('error') or 'see the submissions page'}")
-        return state.data
-    message = message or f"ichkaggle {experiment.name} folds {','.join(map(str, folds))} ({infer.ref} v{infer.version})"
-    if previous and previous.get("sha256") == digest and previous.get("ref"):
-        ref = int(previous["ref"])  # submitted before the last run stopped: only follow it
-        log(f"  following submission {ref} (submitted before)")
-    else:
-        for line in check_csv(csv, sample):
-            log("  " + line)
-        ref = session.submit(csv, message, competition)
-        state.data["submission"] = {"ref": ref, "sha256": digest, "file": str(csv), "message": message,
-                                    "status": "PENDING"}
-        state.save()
-        log(f"  submitted {csv} (submission {ref})")
-    entry = state.data["submission"]
-    try:
-        info = session.wait_submission(ref, message, csv.name, competition, first=polling.first,
-                                       longest=min(polling.longest, 60.0), timeout=polling.submission_timeout,
-                                       on_change=lambda s: log(f"  submission {ref}: {s.status}"))
-    except UserError as err:
-        if getattr(err, "kind", "") == "refused":
-            entry.update(status="ERROR", error=str(err))
-            state.save()
-        raise
-    entry.update(status=info.status, public_score=info.public_score, private_score=info.private_score)
-    state.save()
-    log(f"scored: public {info.public_score or '-'}, private {info.private_score or '-'}")
-    return state.data

@@ -1,18 +1,22 @@
-"""What the thin Kaggle kernels call: one fold of training, or fold-averaged inference, offline.
+"""What the thin Kaggle kernels call: prepare once, one session of one fold, fold-averaged inference.
 
 Kaggle mounts the competition, the attached datasets and the outputs of attached kernels
 under ``/kaggle/input`` with a nesting that has changed over the years
 (``/kaggle/input/<slug>/``, sometimes ``<slug>/<slug>/``), so everything is found by a
-bounded search that never lists the image folders (750k files). Kernel outputs are kept
-small (Kaggle keeps at most 20 GB of ``/kaggle/working``): prepared images go to a scratch
-folder outside it, as JPEG at the config's size, and only the run (weights, logs, metrics,
-validation predictions) and a manifest are written to the output.
+bounded search that never lists the image folders (750k files) or the shards.
 
-- :func:`kaggle_train`: competition data -> images -> patient folds -> one fold trained ->
-  ``<output>/fold<k>/`` + ``<output>/ichkaggle_train.json``.
-- :func:`kaggle_infer`: every ``ichkaggle_train.json`` under the input (the attached train
-  kernels' outputs) -> TTA predictions averaged over the folds -> a checked
-  ``<output>/submission.csv`` + ``ichkaggle_infer.json``.
+- :func:`kaggle_prepare` (a CPU kernel, off the GPU quota): competition -> train and test
+  prepared at the config's image settings, packed, as its output (within Kaggle's 20 GB)
+  + ``ichkaggle_prepare.json``.
+- :func:`kaggle_train`: one GPU session of one fold. It uses an attached prepare output
+  whose settings match (a mismatch is an error naming both; with none attached it prepares
+  into a scratch folder), continues an attached earlier session of the same fold, trains
+  until the session's time is nearly spent (12 h less setup and saving margins), on every
+  GPU of the machine (torchrun, one process per GPU), and writes ``<output>/fold<k>/`` +
+  ``ichkaggle_train.json`` saying whether the fold is complete.
+- :func:`kaggle_infer`: every complete ``ichkaggle_train.json`` attached -> calibrated TTA
+  predictions averaged over the folds -> a checked ``<output>/submission.csv`` +
+  ``ichkaggle_infer.json``.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from .errors import UserError
 
 INPUT_ROOT = "/kaggle/input"
 OUTPUT_ROOT = "/kaggle/working"
+PREPARE_MANIFEST = "ichkaggle_prepare.json"
 TRAIN_MANIFEST = "ichkaggle_train.json"
 INFER_MANIFEST = "ichkaggle_infer.json"
+#: Kaggle keeps at most 20 GB of /kaggle/working; a prepare output must stay under this
+OUTPUT_LIMIT_BYTES = 19.5e9
 #: folders never listed by the search (huge, or never holding what is looked for)
 SKIP_DIRS = frozenset({"stage_2_train", "stage_2_test", "stage_1_train_images", "stage_1_test_images",
-                       "images", "__pycache__", "models", ".git"})
+                       "images", "shards", "__pycache__", "models", ".git"})
 
 
 # ----------------------------------------------------------------------------- finding things
@@ -147,18 +154,51 @@ def _image_settings(experiment):
     return PrepareSettings(size=experiment.data.size, windows=windows, format=fmt)
 
 
-def split_inputs(experiment, competition: Path, split: str, scratch: Path, workers: int | None):
-    """(metadata table, folder of the images) of ``train`` or ``test``: DICOM headers and the
-    DICOM folder for ``source = "dicom"``, else the prepared (packed) folder."""
+def attached_prepared(experiment, input_root: str | os.PathLike) -> Path | None:
+    """The attached prepare output for the experiment's image settings, or None when none is
+    attached; one with other settings is an error naming both."""
+    from .prepared import PrepareSettings
+
+    wanted = _image_settings(experiment)
+    found = []
+    for path in search(input_root, PREPARE_MANIFEST, max_depth=3):
+        manifest = json.loads(path.read_text())
+        settings = PrepareSettings.from_json(manifest["settings"])
+        if settings == wanted:
+            return path.parent
+        found.append(f"{path.parent} ({settings.describe()})")
+    if found:
+        raise UserError(f"the attached prepared data does not match {experiment.name}: it has "
+                        f"{'; '.join(found)}, the experiment wants {wanted.describe()}; attach the prepare kernel "
+                        "made for these settings (`ichkaggle push run` does)")
+    return None
+
+
+def split_inputs(experiment, competition: Path, split: str, scratch: Path, workers: int | None,
+                 input_root: str | os.PathLike = INPUT_ROOT):
+    """(metadata table, folder of the images) of ``train`` or ``test``: the DICOM headers and
+    folder for ``source = "dicom"``; else the attached prepare output, else one prepared here."""
     source = competition / f"stage_2_{split}"
     if experiment.data.source == "dicom":
-        return dicom_metadata(source, workers), source
+        meta = dicom_metadata(source, workers)
+        ok = meta["status"] == "ok"
+        return meta[ok].reset_index(drop=True), source, meta.loc[~ok, "ID"].tolist()
     from .prepare import prepare
+    from .prepared import read_slices
 
+    attached = attached_prepared(experiment, input_root)
+    if attached is not None:
+        print(f"  {split}: prepared data attached at {attached / split}", flush=True)
+        table, failed = read_slices(attached / split)
+        return table.assign(status="ok"), attached / split, failed
+    print(f"  {split}: no prepared data attached: preparing it here (attach a prepare kernel's output to "
+          "spare this session the time)", flush=True)
     result = prepare(source, scratch / split, _image_settings(experiment), workers=workers, show_progress=False,
                      pack=True)
     print("  " + result.describe().replace("\n", "\n  "), flush=True)
-    return result.metadata, scratch / split
+    meta = result.metadata
+    return meta[meta["status"] == "ok"].reset_index(drop=True), scratch / split, meta.loc[
+        meta["status"] != "ok", "ID"].tolist()
 
 
 def _env_workers() -> int | None:
@@ -188,6 +228,92 @@ def _scratch(scratch) -> Path:
 # ----------------------------------------------------------------------------- the entry points
 
 
+def _banner(what: str) -> None:
+    from . import __version__
+
+    print(f"ichkaggle {__version__} ({_versions()}): {what}", flush=True)
+
+
+def kaggle_prepare(config: str | os.PathLike, input_root: str | os.PathLike = INPUT_ROOT,
+                   output: str | os.PathLike = OUTPUT_ROOT, workers: int | None = None) -> Path:
+    """Prepare train and test at the config's image settings, packed, into ``output`` (a CPU
+    kernel: no GPU quota); resumable like ``prepare``. Returns the manifest."""
+    from .experiment import load_experiment
+    from .prepare import prepare
+
+    started, output = time.time(), Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    competition = find_competition_dir(input_root)
+    experiment = load_experiment(resolve_config(config, input_root))
+    settings = _image_settings(experiment)
+    _banner(f"prepare {settings.describe()} for {experiment.name} from {competition}")
+    counts = {}
+    for split in ("train", "test"):
+        result = prepare(competition / f"stage_2_{split}", output / split, settings, workers=workers or _env_workers(),
+                         show_progress=False, pack=True)
+        print("  " + result.describe().replace("\n", "\n  "), flush=True)
+        counts[split] = {"images": result.total - result.failed, "failed": result.failed}
+        size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
+        if split == "train" and size * 1.2 > OUTPUT_LIMIT_BYTES:  # the test split is about a sixth of train
+            raise UserError(f"the prepared train split takes {size / 1e9:.1f} GB: with test it would pass Kaggle's "
+                            f"20 GB output limit; use JPEG or a smaller [data] size")
+    manifest = {"kind": "ichkaggle-prepare", "settings": settings.as_json(), "counts": counts,
+                "bytes": sum(p.stat().st_size for p in output.rglob("*") if p.is_file()),
+                "seconds": round(time.time() - started, 1)}
+    path = output / PREPARE_MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"done: {manifest['bytes'] / 1e9:.2f} GB in {output}", flush=True)
+    return path
+
+
+def earlier_session(input_root: str | os.PathLike, experiment, fold: int) -> Path | None:
+    """The run folder of an attached earlier session of this fold that is not complete."""
+    for path in search(input_root, TRAIN_MANIFEST, max_depth=3):
+        manifest = json.loads(path.read_text())
+        if (manifest.get("kind") == "ichkaggle-train" and manifest.get("experiment") == experiment.name
+                and manifest.get("fold") == fold and not manifest.get("complete")):
+            return path.parent / f"fold{fold}"
+    return None
+
+
+def session_time_limit(started: float) -> float:
+    """Seconds left for training: the session's limit less what setup took so far and a margin
+    for saving the outputs (``ICHKAGGLE_SESSION_HOURS``, ``ICHKAGGLE_MARGIN_MINUTES``)."""
+    hours = float(os.environ.get("ICHKAGGLE_SESSION_HOURS", "12"))
+    margin = float(os.environ.get("ICHKAGGLE_MARGIN_MINUTES", "20")) * 60
+    return hours * 3600 - (time.time() - started) - margin
+
+
+def gpus() -> int:
+    """Processes to train with: one per GPU (``ICHKAGGLE_NPROC`` overrides, e.g. CPU ranks in tests)."""
+    if os.environ.get("ICHKAGGLE_NPROC"):
+        return int(os.environ["ICHKAGGLE_NPROC"])
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except ImportError:
+        return 1
+
+
+def _train_distributed(nproc: int, experiment, table, folder: Path, dicom: bool, run_dir: Path, limit: float,
+                       scratch: Path, labels: Path) -> None:
+    """The same training, one process per GPU under torchrun (rank 0 writes)."""
+    import subprocess
+    import sys
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    config, folds = scratch / "config.toml", scratch / "folds.csv"
+    config.write_text(experiment.to_toml())
+    table[["ID", "fold"]].to_csv(folds, index=False)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "ichkaggle.cli", "train", "--config", str(config), "--labels", str(labels),
+               "--folds", str(folds), "--out", str(run_dir), "--time-limit", f"{max(limit, 1):.0f}", "--resume",
+               "--prepared", str(folder)] + (["--dicom", str(folder)] if dicom else [])
+    print(f"  {nproc} processes, one per GPU: {' '.join(command[1:7])} ...", flush=True)
+    subprocess.run(command, check=True)
+
+
 def kaggle_train(
     config: str | os.PathLike,
     fold: int,
@@ -195,52 +321,66 @@ def kaggle_train(
     output: str | os.PathLike = OUTPUT_ROOT,
     scratch: str | os.PathLike | None = None,
     workers: int | None = None,
+    started: float | None = None,
 ) -> Path:
-    """Train fold ``fold`` of ``config``; returns the manifest ``<output>/ichkaggle_train.json``."""
+    """One session of fold ``fold`` of ``config``; returns ``<output>/ichkaggle_train.json``."""
+    import shutil
+
     from . import __version__
     from .experiment import load_experiment
     from .folds import add_fold_column
     from .labels import read_labels_csv
+    from .run_state import TrainingState
 
-    started = time.time()
+    started = started or time.time()
     output, scratch = Path(output), _scratch(scratch)
-    workers = workers or _env_workers()
     output.mkdir(parents=True, exist_ok=True)
     competition = find_competition_dir(input_root)
-    config_path = resolve_config(config, input_root)
-    experiment = resolve_weights(load_experiment(config_path, fold=int(fold)), input_root)
-    print(f"ichkaggle {__version__} ({_versions()}): train {experiment.name} "
-          f"fold {fold}/{experiment.data.n_folds} "
-          f"({experiment.model.arch}, {experiment.data.size}px, source {experiment.data.source}) on {competition}",
-          flush=True)
-
-    metadata, folder = split_inputs(experiment, competition, "train", scratch, workers)
+    experiment = resolve_weights(load_experiment(resolve_config(config, input_root), fold=int(fold)), input_root)
+    _banner(f"train {experiment.name} fold {fold}/{experiment.data.n_folds} ({experiment.model.arch}, "
+            f"{experiment.data.size}px, source {experiment.data.source}) on {competition}")
+    metadata, folder, _ = split_inputs(experiment, competition, "train", scratch, workers or _env_workers(),
+                                       input_root)
     wide = read_labels_csv(competition / "stage_2_train.csv")
-    folds = add_fold_column(metadata, wide, experiment.data.n_folds, experiment.data.seed)
-    print(f"  {len(folds)} labelled images, {folds['PatientID'].nunique()} patients, "
-          f"validation fold {fold}: {int((folds['fold'] == int(fold)).sum())} images", flush=True)
-
-    from .training import train  # torch from here on
-
+    table = add_fold_column(metadata, wide, experiment.data.n_folds, experiment.data.seed)
+    print(f"  {len(table)} labelled images, {table['PatientID'].nunique()} patients, "
+          f"validation fold {fold}: {int((table['fold'] == int(fold)).sum())} images", flush=True)
     run_dir = output / f"fold{int(fold)}"
-    result = train(folds, folder, experiment, run_dir, dicom=experiment.data.source == "dicom", resume=True)
+    earlier = earlier_session(input_root, experiment, int(fold))
+    if earlier is not None and not run_dir.exists():
+        shutil.copytree(earlier, run_dir)
+        print(f"  continuing the earlier session in {earlier}", flush=True)
+    limit, nproc, dicom = session_time_limit(started), gpus(), experiment.data.source == "dicom"
+    print(f"  training for at most {limit / 3600:.2f} h on {nproc} process(es)", flush=True)
+    if nproc > 1:
+        _train_distributed(nproc, experiment, table, folder, dicom, run_dir, limit, scratch,
+                           competition / "stage_2_train.csv")
+    else:
+        from .training import train  # torch from here on
+
+        result = train(table, folder, experiment, run_dir, dicom=dicom, time_limit=limit, resume=True)
+        if result.complete:
+            from .report import write_run_report
+
+            write_run_report(result, experiment, table, folder, dicom)
+    state = TrainingState.load(run_dir)
+    session = state.sessions[-1] if state and state.sessions else {}
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if state and state.complete else {}
     manifest = {
-        "kind": "ichkaggle-train",
-        "ichkaggle_version": __version__,
-        "package": str(Path(__file__).resolve().parent),
-        "experiment": experiment.name,
-        "config": f"{run_dir.name}/config.toml",
-        "fold": int(fold),
-        "n_folds": experiment.data.n_folds,
-        "weights": str(Path(result.weights).relative_to(output)),
-        "source": experiment.data.source,
-        "valid_weighted_log_loss": result.metrics["valid_weighted_log_loss"],
+        "kind": "ichkaggle-train", "ichkaggle_version": __version__, "package": str(Path(__file__).resolve().parent),
+        "experiment": experiment.name, "config": f"{run_dir.name}/config.toml", "fold": int(fold),
+        "n_folds": experiment.data.n_folds, "complete": bool(state and state.complete),
+        "progress": state.describe(experiment.phases) if state else "nothing trained",
+        "sessions": len(state.sessions) if state else 0, "weights": f"{run_dir.name}/models/final.pth",
+        "source": experiment.data.source, "valid_weighted_log_loss": metrics.get("valid_weighted_log_loss"),
+        "img_per_s": session.get("img_per_s"), "device": session.get("device"),
         "seconds": round(time.time() - started, 1),
     }
     path = output / TRAIN_MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"fold {fold}: validation weighted log loss {manifest['valid_weighted_log_loss']:.4f}; "
-          f"{result.weights}", flush=True)
+    print(f"fold {fold}: {manifest['progress']}"
+          + (f"; validation weighted log loss {manifest['valid_weighted_log_loss']:.4f}" if manifest["complete"]
+             else ": push the next session (ichkaggle push run does)"), flush=True)
     return path
 
 
@@ -251,6 +391,10 @@ def find_train_runs(input_root: str | os.PathLike = INPUT_ROOT) -> list[tuple[Pa
         manifest = json.loads(path.read_text())
         if manifest.get("kind") == "ichkaggle-train":
             runs.append((path.parent, manifest))
+    incomplete = [m["fold"] for _, m in runs if m.get("complete") is False]
+    if incomplete:
+        raise UserError(f"fold(s) {sorted(incomplete)} attached before they were complete: attach each fold's "
+                        "last session")
     return sorted(runs, key=lambda run: (run[1]["fold"], str(run[0])))
 
 
@@ -292,9 +436,7 @@ def kaggle_infer(
     print(f"ichkaggle {__version__} ({_versions()}): infer {experiment.name}, "
           f"folds {[m['fold'] for _, m in runs]} on {competition}", flush=True)
 
-    metadata, folder = split_inputs(experiment, competition, "test", scratch, workers)
-    ok = metadata[metadata["status"] == "ok"].reset_index(drop=True)
-    failed = metadata.loc[metadata["status"] != "ok", "ID"].tolist()
+    ok, folder, failed = split_inputs(experiment, competition, "test", scratch, workers, input_root)
 
     from .training import fill_rates, predict  # torch from here on
 

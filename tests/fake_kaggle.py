@@ -63,8 +63,12 @@ class FakeKaggle:
         self.requests: list[Recorded] = []
         self.failures: dict[str, list[tuple[int, dict | None]]] = {}
         self.kernels: dict[str, Kernel] = {}
-        #: status script given to each newly pushed version, per slug (default below)
+        #: status script given to each newly pushed version, per slug (default below); a list of
+        #: lists in kernel_script_queue is used up one per push first
         self.kernel_scripts: dict[str, list[str]] = {}
+        self.kernel_script_queue: dict[str, list[list[str]]] = {}
+        #: the weekly GPU quota (hours) and what each pushed GPU kernel uses of it
+        self.quota_total, self.quota_used, self.hours_per_gpu_session = 1000.0, 0.0, 0.0
         self.default_kernel_script = ["QUEUED", "RUNNING", "COMPLETE"]
         #: outputs each newly pushed version of a kernel ends with, per slug (callable or dict)
         self.kernel_outputs: dict[str, object] = {}
@@ -153,7 +157,11 @@ class FakeKaggle:
         slug = body["slug"]
         kernel = self.kernels.setdefault(slug, Kernel(slug))
         kernel.versions.append(body)
-        kernel.statuses = list(self.kernel_scripts.get(slug.split("/")[1], self.default_kernel_script))
+        name = slug.split("/")[1]
+        queued = self.kernel_script_queue.get(name)
+        kernel.statuses = list(queued.pop(0) if queued else self.kernel_scripts.get(name, self.default_kernel_script))
+        if body.get("enableGpu"):
+            self.quota_used += self.hours_per_gpu_session
         kernel.failure_message = self.kernel_failure.get(slug.split("/")[1], "")
         outputs = self.kernel_outputs.get(slug.split("/")[1], {"result.txt": b"done\n"})
         kernel.outputs = dict(outputs(body) if callable(outputs) else outputs)
@@ -180,6 +188,11 @@ class FakeKaggle:
             return _Error(404, "kernel not found")
         files = [{"fileName": name, "url": self._serve_file(data)} for name, data in sorted(kernel.outputs.items())]
         return {"files": files, "log": kernel.log}
+
+    def _rpc_GetAcceleratorQuotaStatistics(self, body: dict) -> dict:
+        hours = lambda h: f"{int(round(h * 3600))}s"  # noqa: E731 - a protobuf Duration
+        return {"quotaRefreshTime": "2026-12-01T00:00:00.000Z",
+                "gpuQuota": {"timeUsed": hours(self.quota_used), "totalTimeAllowed": hours(self.quota_total)}}
 
     def _rpc_StartBlobUpload(self, body: dict) -> dict:
         return self._new_upload(body["name"], int(body.get("contentLength", 0)))

@@ -283,60 +283,145 @@ def test_no_credentials_is_a_clear_error(work, tmp_path, monkeypatch, capsys):
 
 # ----------------------------------------------------------------------------- push run (the pipeline)
 
+PREP = "ichkaggle-prepare-224px-jpg-"  # + a digest of the image settings
+
 
 def _infer_outputs(tmp_path: Path) -> dict:
     csv, _ = _submission(tmp_path)
     return {"submission.csv": csv.read_bytes(), "ichkaggle_infer.json": b'{"kind": "ichkaggle-infer"}'}
 
 
-def test_run_trains_folds_infers_and_submits_then_resumes_without_repeating(work, tmp_path, capsys):
+def _sessions(fake, folds, needs: dict | None = None, img_per_s: float = 140.0) -> None:
+    """Train sessions that end complete after ``needs[fold]`` sessions (default 1), as the kernel writes them."""
+    for fold in folds:
+        for n in range(1, 6):
+            complete = n >= (needs or {}).get(fold, 1)
+            manifest = {"kind": "ichkaggle-train", "experiment": "exp_00", "fold": fold, "complete": complete,
+                        "progress": "complete" if complete else f"stopped before epoch {n * 3} of phase unfrozen",
+                        "img_per_s": img_per_s, "device": "cuda:0 x2", "valid_weighted_log_loss": 0.07}
+            fake.kernel_outputs[f"ichkaggle-train-fold{fold}-s{n}"] = {
+                "ichkaggle_train.json": json.dumps(manifest).encode(), f"fold{fold}/history.csv": b"epoch\n1\n",
+                f"fold{fold}/models/checkpoint.pth": b"c" * 20}
+
+
+def _prepare_outputs(fake) -> None:
+    original = fake._rpc_SaveKernel
+
+    def save(body):
+        answer = original(body)
+        if "prepare" in body.get("slug", ""):
+            fake.kernels[body["slug"]].outputs = {"ichkaggle_prepare.json": b'{"kind": "ichkaggle-prepare"}',
+                                                  "train/shards/shard-00000.bin": b"x" * 100}
+        return answer
+
+    fake._rpc_SaveKernel = save
+
+
+def _slugs(fake) -> list[str]:
+    return [s.json["slug"].split("/")[1] for s in fake.calls("SaveKernel")]
+
+
+def test_run_prepares_once_trains_the_folds_infers_and_submits_then_resumes_without_repeating(work, tmp_path, capsys):
     fake = work
+    _prepare_outputs(fake)
+    _sessions(fake, range(3))
     fake.kernel_outputs["ichkaggle-infer"] = _infer_outputs(tmp_path)
     args = ["push", "run", "--folds", "0-2", "-m", "three folds", "--out", str(tmp_path / "runs"), *FAST]
     assert main(args) == 0
     out = capsys.readouterr().out
-    saves = [s.json["slug"] for s in fake.calls("SaveKernel")]
-    assert saves == [f"alice/ichkaggle-train-fold{k}" for k in range(3)] + ["alice/ichkaggle-infer"]
-    infer = fake.calls("SaveKernel")[3].json
-    assert infer["kernelDataSources"] == [f"alice/ichkaggle-train-fold{k}" for k in range(3)]
+    slugs = _slugs(fake)
+    assert slugs[0].startswith(PREP) and slugs[1:] == [f"ichkaggle-train-fold{k}-s1" for k in range(3)] + [
+        "ichkaggle-infer"]
+    prepare, *trains, infer = [s.json for s in fake.calls("SaveKernel")]
+    assert prepare["enableGpu"] is False and "machineShape" not in prepare  # a CPU kernel
+    assert all(t["enableGpu"] and t["machineShape"] == "NvidiaTeslaT4" for t in trains)
+    assert all(t["kernelDataSources"] == [f"alice/{slugs[0]}"] for t in trains)  # the prepared data, attached
+    assert infer["kernelDataSources"] == [f"alice/{slugs[0]}"] + [f"alice/ichkaggle-train-fold{k}-s1"
+                                                                  for k in range(3)]
     assert "\nFOLDS = [0, 1, 2]\n" in infer["text"]
     assert len(fake.submissions) == 1 and fake.submissions[0].description == "three folds"
-    assert fake.submissions[0].data == _infer_outputs(tmp_path)["submission.csv"]
-    assert "public 0.07123, private 0.07456" in out
+    assert "GPU-hours per fold" in out and "public 0.07123, private 0.07456" in out
+    assert not list((tmp_path / "runs").rglob("*.bin")) and not list((tmp_path / "runs").rglob("*.pth"))
     state = json.loads((tmp_path / "runs" / "exp_00-folds0-1-2.json").read_text())
     assert {k["status"] for k in state["kernels"].values()} == {"COMPLETE"}
+    assert state["sessions"] == {str(k): {"session": 1, "complete": True} for k in range(3)}
     assert state["submission"]["status"] == "COMPLETE" and state["submission"]["ref"] == 1000
+    records = json.loads((tmp_path / "runs" / "throughput.json").read_text())
+    assert records[-1]["img_per_s"] == 140.0 and records[-1]["accelerator"] == "NvidiaTeslaT4"
     # again: nothing is pushed or submitted twice
-    requests = len(fake.requests)
     assert main(args) == 0
-    assert len(fake.calls("SaveKernel")) == 4 and len(fake.submissions) == 1
-    assert len(fake.requests) == requests
+    assert len(fake.calls("SaveKernel")) == 5 and len(fake.submissions) == 1
     assert "submitted already" in capsys.readouterr().out
 
 
-def test_run_resumes_after_a_failed_fold_pushing_only_that_fold(work, tmp_path, capsys):
+def test_a_fold_that_needs_three_sessions_gets_them_chained(work, tmp_path, capsys):
     fake = work
+    _prepare_outputs(fake)
+    _sessions(fake, range(2), needs={1: 3})
     fake.kernel_outputs["ichkaggle-infer"] = _infer_outputs(tmp_path)
-    fake.kernel_scripts["ichkaggle-train-fold1"] = ["RUNNING", "ERROR"]
+    assert main(["push", "run", "--folds", "0-1", "--out", str(tmp_path / "runs"), "--no-submit", *FAST]) == 0
+    assert _slugs(fake)[1:] == ["ichkaggle-train-fold0-s1", "ichkaggle-train-fold1-s1", "ichkaggle-train-fold1-s2",
+                                "ichkaggle-train-fold1-s3", "ichkaggle-infer"]
+    bodies = {s.json["slug"].split("/")[1]: s.json for s in fake.calls("SaveKernel")}
+    prep = f"alice/{_slugs(fake)[0]}"
+    assert bodies["ichkaggle-train-fold1-s2"]["kernelDataSources"] == [prep, "alice/ichkaggle-train-fold1-s1"]
+    assert bodies["ichkaggle-train-fold1-s3"]["kernelDataSources"] == [prep, "alice/ichkaggle-train-fold1-s2"]
+    assert bodies["ichkaggle-infer"]["kernelDataSources"] == [prep, "alice/ichkaggle-train-fold0-s1",
+                                                             "alice/ichkaggle-train-fold1-s3"]
+    out = capsys.readouterr().out
+    assert "fold 1: stopped before epoch 3 of phase unfrozen; session 2 next" in out
+    assert "fold 1: complete after 3 session(s)" in out and fake.submissions == []
+
+
+def test_a_session_that_errors_is_pushed_again_on_the_next_run(work, tmp_path, capsys):
+    fake = work
+    _prepare_outputs(fake)
+    _sessions(fake, range(2), needs={0: 2})
+    fake.kernel_outputs["ichkaggle-infer"] = _infer_outputs(tmp_path)
+    fake.kernel_script_queue["ichkaggle-train-fold0-s2"] = [["RUNNING", "ERROR"]]
     args = ["push", "run", "--folds", "0-1", "--out", str(tmp_path / "runs"), "--no-submit", *FAST]
     assert main(args) == 2
-    assert "ichkaggle-train-fold1 v1 ended ERROR" in capsys.readouterr().err
-    assert [s.json["slug"] for s in fake.calls("SaveKernel")] == ["alice/ichkaggle-train-fold0",
-                                                                  "alice/ichkaggle-train-fold1"]
-    fake.kernel_scripts["ichkaggle-train-fold1"] = ["RUNNING", "COMPLETE"]
+    assert "ichkaggle-train-fold0-s2 v1 ended ERROR" in capsys.readouterr().err
     assert main(args) == 0
-    slugs = [s.json["slug"] for s in fake.calls("SaveKernel")]
-    assert slugs[2:] == ["alice/ichkaggle-train-fold1", "alice/ichkaggle-infer"]
+    assert _slugs(fake)[1:] == ["ichkaggle-train-fold0-s1", "ichkaggle-train-fold1-s1", "ichkaggle-train-fold0-s2",
+                                "ichkaggle-train-fold0-s2", "ichkaggle-infer"]
     out = capsys.readouterr().out
-    assert "version 1 already pushed (COMPLETE)" in out and "submission skipped" in out
-    assert fake.submissions == []
+    assert "alice/ichkaggle-train-fold0-s2: version 1 ended ERROR; pushing it again" in out
+    assert f"alice/{_slugs(fake)[0]}: version 1 already pushed (COMPLETE)" in out  # prepared once
 
 
-def test_run_state_of_another_run_is_refused(work, tmp_path, capsys):
-    state = tmp_path / "state.json"
-    state.write_text(json.dumps({"config": "b0_baseline", "folds": [0], "owner": "alice", "kernels": {}}))
-    assert main(["push", "run", "--state", str(state), "--no-submit", *FAST]) == 2
-    assert "belongs to another run" in capsys.readouterr().err and work.requests == []
+def test_the_quota_running_out_midway_stops_clearly_with_the_state_kept(work, tmp_path, capsys):
+    fake = work
+    _prepare_outputs(fake)
+    _sessions(fake, range(2), needs={0: 3, 1: 3})
+    fake.kernel_outputs["ichkaggle-infer"] = _infer_outputs(tmp_path)
+    fake.quota_total, fake.hours_per_gpu_session = 40.0, 11.0  # each GPU session uses 11 h of it
+    args = ["push", "run", "--folds", "0-1", "--out", str(tmp_path / "runs"), "-m", "x", "--force", *FAST]
+    assert main(args) == 2  # --force starts a plan larger than the quota; a round it cannot pay still stops
+    err = capsys.readouterr().err
+    assert "the weekly GPU quota has 18.0 h left and the next sessions need up to 24.0 h" in err
+    assert "nothing lost" in err and "after the quota refreshes (2026-12-01T00:00)" in err
+    state = json.loads((tmp_path / "runs" / "exp_00-folds0-1.json").read_text())
+    assert state["sessions"] == {"0": {"session": 2, "complete": False}, "1": {"session": 2, "complete": False}}
+    assert [s for s in _slugs(fake) if "train" in s] == ["ichkaggle-train-fold0-s1", "ichkaggle-train-fold1-s1"]
+    fake.quota_used = 0.0  # the quota refreshed: the same command goes on where it stopped
+    fake.quota_total = 100.0
+    assert main(args) == 0
+    assert [s for s in _slugs(fake) if "train" in s] == [f"ichkaggle-train-fold{k}-s{n}" for n in (1, 2, 3)
+                                                         for k in (0, 1)]
+    assert len(fake.submissions) == 1 and sum("prepare" in s for s in _slugs(fake)) == 1
+
+
+def test_a_plan_larger_than_the_quota_is_refused_unless_forced(work, tmp_path, capsys):
+    fake = work
+    _prepare_outputs(fake)
+    _sessions(fake, range(5))
+    fake.quota_total, fake.quota_used = 30.0, 25.0
+    args = ["push", "run", "--folds", "0-4", "--out", str(tmp_path / "runs"), "--no-submit", *FAST]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "the weekly GPU quota has 5.0 h left and the plan's 5 fold(s) need up to" in err
+    assert "--force" in err and [s for s in _slugs(fake) if "train" in s] == []  # only the CPU prepare kernel ran
 
 
 def test_a_failed_kernel_without_outputs_still_reports_its_failure(work, tmp_path, capsys):
@@ -393,3 +478,15 @@ def test_submit_reaches_a_local_server_on_port_80(tmp_path):
         assert [s.description for s in fake.submissions] == ["port 80"]
     finally:
         fake.stop()
+
+
+def test_plan_prints_the_cost_and_the_remaining_quota(work, tmp_path, capsys):
+    fake = work
+    fake.quota_total, fake.quota_used = 30.0, 7.5
+    assert main(["plan", "--config", "exp_00", "--folds", "0-4", "--accelerator", "NvidiaTeslaT4",
+                 "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "602,242 train, 150,561 validation" in out and "epochs               25" in out
+    assert "sessions per fold    3" in out and "estimate: H200" in out
+    assert "22.5 h remaining of 30.0 h" in out and "does NOT fit" in out
+    assert fake.calls("GetAcceleratorQuotaStatistics")

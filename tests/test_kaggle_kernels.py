@@ -1,11 +1,12 @@
 """The kernel scripts run as Kaggle would run them, on a fake /kaggle/input tree (CPU, tiny).
 
 The tree holds what a kernel sees: the competition (synthetic, nested under its slug), the
-bundled package dataset (the wheel + a tiny config), the weights dataset (written by
-fetch_weights.py) and, for the infer kernel, the train kernels' outputs. Each script runs
-in a fresh process with HTTP(S) sent to a dead proxy and the Hugging Face hub offline: the
-package is pip-installed from the wheel (into a folder, not this environment) and the
-whole run must succeed with no network.
+bundled package dataset (the wheel + tiny configs), the weights dataset (written by
+fetch_weights.py) and the outputs of the kernels attached to it: the prepare kernel's, an
+earlier session's, the train sessions' for the infer kernel. Each script runs in a fresh
+process with HTTP(S) sent to a dead proxy and the Hugging Face hub offline: the package is
+pip-installed from the wheel (into a folder, not this environment) and the whole run must
+succeed with no network.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SLUG = "rsna-intracranial-hemorrhage-detection"
 
 
-def _tiny_config(path: Path) -> Path:
+def _tiny_config(path: Path, name: str = "tiny", size: int = 32, epochs: int = 1) -> Path:
     experiment = Experiment(
-        name="tiny",
+        name=name,
         model=ModelConfig(arch="efficientnet_b0",
                           weights="/kaggle/input/ichkaggle-timm-weights/efficientnet_b0.safetensors"),
-        data=DataConfig(size=32, batch_size=16, fold=0, n_folds=2, max_rotate=5.0, max_zoom=1.05),
-        phases=(Phase(name="train", epochs=1, lr=3e-3),),
+        data=DataConfig(size=size, batch_size=8, fold=0, n_folds=2, max_rotate=5.0, max_zoom=1.05),
+        phases=(Phase(name="train", epochs=epochs, lr=3e-3),),
         predict=PredictConfig(tta=True, tta_n=2),
     )
     path.write_text(experiment.to_toml())
@@ -70,8 +71,9 @@ def kaggle_input(tmp_path_factory) -> Path:
     synthesize(competition, 64, 16, seed=5, config=load_config(size=64, slices_min=8, slices_max=10),
                show_progress=False)
     (competition / "test_labels.csv").unlink()  # a real competition hides them
-    build_bundle(inputs / "ichkaggle-src", "alice", ROOT, extra_configs=(_tiny_config(root / "tiny.toml"),),
-                 secrets=[])
+    configs = (_tiny_config(root / "tiny.toml"), _tiny_config(root / "tiny3.toml", "tiny3", epochs=3),
+               _tiny_config(root / "tiny48.toml", "tiny48", size=48))
+    build_bundle(inputs / "ichkaggle-src", "alice", ROOT, extra_configs=configs, secrets=[])
     subprocess.run([sys.executable, str(ROOT / "datasets" / "ichkaggle-timm-weights" / "fetch_weights.py"),
                     "efficientnet_b0", "--random-init", "--out", str(inputs / "ichkaggle-timm-weights")],
                    check=True, capture_output=True, env=_offline_env(root))
@@ -84,38 +86,116 @@ def test_fetch_weights_writes_a_file_training_can_load(kaggle_input):
     assert "efficientnet_b0.safetensors" in (folder / "SHA256SUMS").read_text()
 
 
-def test_train_and_infer_kernels_run_offline_on_a_fake_kaggle_tree(kaggle_input):
+def _attach(out: Path, inputs: Path, slug: str) -> Path:
+    """A kernel's output as kernel_sources mounts it for the next kernel."""
+    shutil.copytree(out, inputs / slug)
+    return inputs / slug
+
+
+def test_prepare_once_then_sessions_of_a_fold_then_infer_offline(kaggle_input):
     root = kaggle_input
     inputs, site = root / "input", root / "site"
-    for fold in (0, 1):
-        out = root / "working" / f"train{fold}"
-        result = _run(ROOT / "kernels" / "train" / "train.py", root, cwd=root, ICHKAGGLE_INPUT=str(inputs),
-                      ICHKAGGLE_OUTPUT=str(out), ICHKAGGLE_CONFIG="tiny", ICHKAGGLE_FOLD=str(fold),
-                      ICHKAGGLE_PIP_TARGET=str(site), ICHKAGGLE_SCRATCH=str(root / f"scratch{fold}"))
-        manifest = json.loads((out / "ichkaggle_train.json").read_text())
-        assert manifest["fold"] == fold and manifest["experiment"] == "tiny"
-        assert Path(manifest["package"]).is_relative_to(site)  # the bundled wheel ran, not this checkout
-        assert (out / manifest["weights"]).is_file() and (out / f"fold{fold}" / "metrics.json").is_file()
-        assert not list(out.rglob("*.jpg")) and not list(out.rglob("*.png"))  # images stay in scratch
-        assert "validation weighted log loss" in result.stdout
-        shutil.copytree(out, inputs / f"ichkaggle-train-fold{fold}")  # as kernel_sources mounts them
-
+    common = dict(ICHKAGGLE_INPUT=str(inputs), ICHKAGGLE_PIP_TARGET=str(site))
+    # 1. the CPU kernel prepares train and test once, packed
+    prepared = root / "working" / "prepare"
+    result = _run(ROOT / "kernels" / "prepare" / "prepare.py", root, cwd=root, ICHKAGGLE_OUTPUT=str(prepared),
+                  ICHKAGGLE_CONFIG="tiny3", **common)
+    manifest = json.loads((prepared / "ichkaggle_prepare.json").read_text())
+    assert manifest["settings"]["size"] == 32 and manifest["counts"]["train"]["images"] == 64
+    assert (prepared / "train" / "shards" / "index.csv").exists() and not list(prepared.rglob("*.jpg"))
+    _attach(prepared, inputs, "ichkaggle-prepare-32px")
+    # 2. session 1 of fold 0 uses it (never prepares), and stops when its time is nearly spent
+    s1 = root / "working" / "s1"
+    result = _run(ROOT / "kernels" / "train" / "train.py", root, cwd=root, ICHKAGGLE_OUTPUT=str(s1),
+                  ICHKAGGLE_CONFIG="tiny3", ICHKAGGLE_FOLD="0", ICHKAGGLE_SCRATCH=str(root / "scratch1"),
+                  ICHKAGGLE_SESSION_HOURS="0", ICHKAGGLE_MARGIN_MINUTES="-0.05", **common)  # ~3 s of training
+    assert "prepared data attached" in result.stdout and not (root / "scratch1").exists()
+    first = json.loads((s1 / "ichkaggle_train.json").read_text())
+    assert first["complete"] is False and "stopped before epoch 2/3" in first["progress"]
+    assert Path(first["package"]).is_relative_to(site)  # the bundled wheel ran, not this checkout
+    # 3. session 2, with session 1 attached, continues it to the end
+    _attach(s1, inputs, "ichkaggle-train-fold0-s1")
+    s2 = root / "working" / "s2"
+    result = _run(ROOT / "kernels" / "train" / "train.py", root, cwd=root, ICHKAGGLE_OUTPUT=str(s2),
+                  ICHKAGGLE_CONFIG="tiny3", ICHKAGGLE_FOLD="0", ICHKAGGLE_SCRATCH=str(root / "scratch2"), **common)
+    second = json.loads((s2 / "ichkaggle_train.json").read_text())
+    assert second["complete"] is True and second["sessions"] == 2 and "continuing the earlier session" in result.stdout
+    history = (s2 / "fold0" / "history.csv").read_text().splitlines()
+    assert len(history) == 4  # the header + three epochs, one of them from session 1
+    assert (s2 / second["weights"]).is_file() and (s2 / "fold0" / "report.md").is_file()
+    shutil.rmtree(inputs / "ichkaggle-train-fold0-s1")  # the infer kernel attaches each fold's last session
+    _attach(s2, inputs, "ichkaggle-train-fold0-s2")
+    # 4. infer: the prepared test data, the fold's last session
     out = root / "working" / "infer"
-    result = _run(ROOT / "kernels" / "infer" / "infer.py", root, cwd=root, ICHKAGGLE_INPUT=str(inputs),
-                  ICHKAGGLE_OUTPUT=str(out), ICHKAGGLE_FOLDS="0,1", ICHKAGGLE_PIP_TARGET=str(site),
-                  ICHKAGGLE_SCRATCH=str(root / "scratch-infer"))
+    result = _run(ROOT / "kernels" / "infer" / "infer.py", root, cwd=root, ICHKAGGLE_OUTPUT=str(out),
+                  ICHKAGGLE_FOLDS="0", ICHKAGGLE_SCRATCH=str(root / "scratch-infer"), **common)
     from ichkaggle.submission import check_submission
 
     sample = inputs / SLUG / SLUG / "stage_2_sample_submission.csv"
-    assert check_submission(out / "submission.csv", sample).ok
-    manifest = json.loads((out / "ichkaggle_infer.json").read_text())
-    assert manifest["folds"] == [0, 1] and manifest["test_images"] == 16
-    assert "OK:" in result.stdout
+    assert check_submission(out / "submission.csv", sample).ok and not (root / "scratch-infer").exists()
+    assert json.loads((out / "ichkaggle_infer.json").read_text())["folds"] == [0]
+    shutil.rmtree(inputs / "ichkaggle-train-fold0-s2")
 
 
-def test_infer_names_missing_folds(kaggle_input):
+def test_prepared_data_of_other_settings_is_refused_naming_both(kaggle_input):
+    root = kaggle_input
+    inputs = root / "input"
+    attached = inputs / "ichkaggle-prepare-other"
+    (attached / "train").mkdir(parents=True)
+    from ichkaggle.prepared import PrepareSettings
+
+    (attached / "ichkaggle_prepare.json").write_text(json.dumps(
+        {"kind": "ichkaggle-prepare", "settings": PrepareSettings(size=64, format="jpg").as_json()}))
+    try:
+        result = subprocess.run([sys.executable, str(ROOT / "kernels" / "train" / "train.py")], cwd=root,
+                                env=_offline_env(root, ICHKAGGLE_INPUT=str(inputs), ICHKAGGLE_OUTPUT=str(root / "w"),
+                                                 ICHKAGGLE_CONFIG="tiny48", ICHKAGGLE_PIP_TARGET=str(root / "site")),
+                                capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(attached)
+    assert result.returncode != 0
+    assert "does not match tiny48: it has" in result.stderr and "64 px, jpg" in result.stderr
+    assert "wants 48 px, jpg" in result.stderr
+
+
+def test_a_machine_with_two_gpus_trains_on_both_through_the_kernel(kaggle_input):
+    """torchrun launched by the kernel itself; here two CPU ranks on gloo stand for the two T4s."""
+    root = kaggle_input
+    out = root / "working" / "ddp"
+    result = _run(ROOT / "kernels" / "train" / "train.py", root, cwd=root, ICHKAGGLE_INPUT=str(root / "input"),
+                  ICHKAGGLE_OUTPUT=str(out), ICHKAGGLE_CONFIG="tiny", ICHKAGGLE_FOLD="1",
+                  ICHKAGGLE_PIP_TARGET=str(root / "site"), ICHKAGGLE_SCRATCH=str(root / "scratch-ddp"),
+                  ICHKAGGLE_NPROC="2", OMP_NUM_THREADS="1")
+    manifest = json.loads((out / "ichkaggle_train.json").read_text())
+    assert "2 processes, one per GPU" in result.stdout and manifest["complete"] is True
+    assert manifest["device"].endswith("x2") and (out / "fold1" / "models" / "final.pth").is_file()
+
+
+def test_infer_names_missing_double_and_mixed_folds(tmp_path):
     from ichkaggle.errors import UserError
-    from ichkaggle.kaggle_kernel import kaggle_infer
+    from ichkaggle.kaggle_kernel import find_train_runs, kaggle_infer
 
-    with pytest.raises(UserError, match=r"fold\(s\) \[0, 1\] missing|no ichkaggle_train.json"):
-        kaggle_infer(kaggle_input / "input" / SLUG, kaggle_input / "nowhere", folds=[0, 1])
+    def attach(slug, **manifest):
+        folder = tmp_path / slug
+        folder.mkdir()
+        (folder / "ichkaggle_train.json").write_text(json.dumps({"kind": "ichkaggle-train", "complete": True,
+                                                                 "experiment": "tiny", **manifest}))
+
+    competition = tmp_path / SLUG
+    for name in ("stage_2_train", "stage_2_test"):
+        (competition / name).mkdir(parents=True)
+    for name in ("stage_2_train.csv", "stage_2_sample_submission.csv"):
+        (competition / name).write_text("ID,Label\n")
+    attach("a", fold=0)
+    with pytest.raises(UserError, match=r"fold\(s\) \[1\] missing: found \[0\]"):
+        kaggle_infer(tmp_path, tmp_path / "out", folds=[0, 1])
+    attach("b", fold=0)
+    with pytest.raises(UserError, match=r"fold\(s\) attached twice: \[0, 0\]"):
+        kaggle_infer(tmp_path, tmp_path / "out", folds=[0])
+    shutil.rmtree(tmp_path / "b")
+    attach("c", fold=1, experiment="other")
+    with pytest.raises(UserError, match=r"different experiments: \['other', 'tiny'\]"):
+        kaggle_infer(tmp_path, tmp_path / "out", folds=[0, 1])
+    attach("d", fold=2, complete=False)
+    with pytest.raises(UserError, match=r"fold\(s\) \[2\] attached before they were complete"):
+        find_train_runs(tmp_path)

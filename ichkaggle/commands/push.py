@@ -4,7 +4,8 @@
   ichkaggle push dataset ichkaggle-timm-weights the ImageNet weights (after fetch_weights.py)
   ichkaggle push kernel train --folds 0-4       one private GPU kernel per fold, internet off
   ichkaggle push kernel infer --folds 0-4       attaches those folds' outputs and averages them
-  ichkaggle push run --folds 0-4 -m MESSAGE     train (in parallel) -> infer -> submit, resumable
+  ichkaggle push run --folds 0-4 -m MESSAGE     the whole job, resumable: prepare once (a CPU kernel),
+                                                each fold in chained 12-hour sessions, infer, submit
 
 The templates (kernels/NAME, datasets/NAME) keep the placeholder owner KAGGLE_USERNAME; the
 metadata is rendered with your username into a temporary folder, checked for credentials
@@ -13,7 +14,10 @@ several failures). --wait polls with bounded backoff until the version ends, dow
 outputs to --out/<kernel>/v<version>/ and prints where the log is; a version that ends in
 ERROR is a non-zero exit with the end of its log. `push run` always waits, keeps its state
 in a JSON file (--state) and, run again, resumes where it stopped: finished kernels are
-kept, failed ones pushed again, a submitted file is not submitted twice.
+kept, failed ones pushed again, a fold that is not complete gets its next session (attached
+to the one before), a submitted file is not submitted twice. It refuses a plan larger than
+the weekly GPU quota left (see `ichkaggle plan`), and stops, state kept, when the quota
+cannot pay for the next round of sessions, unless --force.
 """
 
 from __future__ import annotations
@@ -39,8 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run: the state file; None: OUT/<config>-folds<...>.json")
     parser.add_argument("--owner", default=None, help="Kaggle username for the slugs; None: the credentials' username")
     parser.add_argument("--notes", default="", help="dataset: the version notes")
-    parser.add_argument("--accelerator", default=None,
-                        help="kernel: Kaggle machine shape, e.g. NvidiaTeslaT4; None: Kaggle's default GPU")
+    parser.add_argument("--accelerator", default="NvidiaTeslaT4",
+                        help="GPU kernels: Kaggle's id, NvidiaTeslaT4 (GPU T4 x2) or NvidiaTeslaP100 (see `ichkaggle "
+                             "plan --help`); the prepare kernel always runs on CPU")
+    parser.add_argument("--force", action="store_true",
+                        help="run: start (or go on) even when the plan needs more than the weekly GPU quota left")
     parser.add_argument("--weights", action="store_true", help="kernel: download the weights files too")
     parser.add_argument("--out", default=None, metavar="DIR", help="where outputs and logs go; None: runs/kaggle of the checkout")
     parser.add_argument("--kernels-dir", default=None, metavar="DIR", help="kernel templates; None: kernels/ of the checkout")
@@ -59,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import UserError
     from ..kaggle_api import KaggleSession, find_credentials
-    from ..kaggle_flow import Layout, Polling, parse_folds, push_dataset, push_kernels, run_pipeline
+    from ..kaggle_flow import Layout, Polling, parse_folds, push_dataset, push_kernels
+    from ..kaggle_pipeline import run_pipeline
 
     if args.kind in ("dataset", "kernel") and not args.name:
         raise UserError(f"push {args.kind}: which one? e.g. ichkaggle push "
@@ -89,5 +97,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         state = Path(args.state) if args.state else None
         run_pipeline(session, owner, layout, args.config, folds, message=args.message, submit=not args.no_submit,
-                     sample=args.sample, state_path=state, polling=polling, accelerator=args.accelerator)
+                     sample=args.sample, state_path=state, polling=polling, accelerator=args.accelerator,
+                     force=args.force)
     return 0

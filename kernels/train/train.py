@@ -1,15 +1,21 @@
-"""ichkaggle train kernel: one fold of one experiment on a Kaggle GPU, with the internet off.
+"""ichkaggle train kernel: one session of one fold of one experiment on Kaggle's GPUs, internet off.
 
 Installs the package from the ichkaggle-src dataset (the bundled wheel, no index, no
-dependencies: Kaggle's image has them) and calls ichkaggle.kaggle_kernel.kaggle_train.
-`ichkaggle push` writes CONFIG and FOLD below; the ICHKAGGLE_* variables let a local run
-point it at another tree than /kaggle.
+dependencies: Kaggle's image has them) and calls ichkaggle.kaggle_kernel.kaggle_train, which
+uses the attached prepare kernel's output, continues an attached earlier session of the
+fold, trains on every GPU until the session is nearly over and says whether the fold is
+complete. `ichkaggle push` writes CONFIG and FOLD below; the ICHKAGGLE_* variables let a
+local run point it at another tree than /kaggle.
 """
-import glob
-import importlib
-import os
-import subprocess
-import sys
+import time
+
+STARTED = time.time()  # the session's clock: the time limit counts setup too
+
+import glob  # noqa: E402
+import importlib  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
 CONFIG = "exp_00"
 FOLD = 0
@@ -35,4 +41,5 @@ def install_package():
 install_package()
 from ichkaggle.kaggle_kernel import kaggle_train  # noqa: E402
 
-kaggle_train(os.environ.get("ICHKAGGLE_CONFIG", CONFIG), int(os.environ.get("ICHKAGGLE_FOLD", FOLD)), INPUT, OUTPUT)
+kaggle_train(os.environ.get("ICHKAGGLE_CONFIG", CONFIG), int(os.environ.get("ICHKAGGLE_FOLD", FOLD)), INPUT, OUTPUT,
+             started=STARTED)
