@@ -31,6 +31,7 @@ class DemoResult:
     test_score: float | None
     prior_score: float | None
     seconds: float
+    scores: dict
 
     @property
     def improvement(self) -> float | None:
@@ -87,28 +88,37 @@ def prepare_both(data: Path, out: Path, experiment: Experiment, workers: int | N
         print("  " + result.describe().replace("\n", "\n  "))
 
 
-def score_against_truth(submission: Path, truth: Path, ids, rates, sample: Path) -> tuple[float, float]:
-    """(the submission's test score, the constant prior's) on the hidden synthetic truth."""
-    from .metric import score_files
-    from .submission import write_submission
+def train_folds(table, folder: Path, experiment: Experiment, workdir: Path, stage: Stages) -> list:
+    """Every fold of the experiment (each run reused when complete): the sequence stage needs
+    every training slice predicted by a model that did not train on it."""
+    from .training import train  # torch only from here on
 
-    prior = write_submission(submission.with_name("prior_submission.csv"), ids, np.tile(rates, (len(ids), 1)),
-                             sample)
-    return score_files(submission, truth).score, score_files(prior, truth).score
+    folds = range(experiment.data.n_folds)
+    stage(f"train: {experiment.name} ({experiment.model.arch}, {sum(p.epochs for p in experiment.phases)} epochs) "
+          f"x {len(folds)} folds")
+    results = []
+    for k in folds:
+        fold = replace(experiment, data=replace(experiment.data, fold=k))
+        result = train(table, folder, fold, workdir / f"run{k}", resume=True)
+        m = result.metrics
+        print(f"  fold {k}: validation weighted log loss {m['valid_weighted_log_loss']:.4f} (calibrated; model "
+              f"alone {m['valid_raw']:.4f}, constant prior {m['valid_prior']:.4f})", flush=True)
+        results.append(result)
+    return results
 
 
 def run_demo(
     workdir: str | os.PathLike = "work",
     data: str | os.PathLike | None = None,
     config: str = "demo",
-    n_train: int = 1200,
-    n_test: int = 300,
+    n_train: int = 3600,
+    n_test: int = 600,
     seed: int = 0,
     phantom_size: int = 128,
     workers: int | None = None,
     epochs: int | None = None,
 ) -> DemoResult:
-    """Run every stage; stages whose outputs exist are resumed (prepare) or reused (synth)."""
+    """Run every stage; stages whose outputs exist are resumed (prepare, runs) or reused (synth)."""
     from .folds import add_fold_column
     from .labels import read_labels_csv, write_wide_csv
     from .prepared import read_slices
@@ -118,7 +128,8 @@ def run_demo(
     experiment = load_experiment(config)
     if epochs is not None:
         experiment = replace(experiment, phases=tuple(replace(p, epochs=epochs) for p in experiment.phases))
-    stage = Stages(9)
+    context = experiment.sequence.enabled
+    stage = Stages(10 if context else 9)
     data = competition_data(workdir, data, n_train, n_test, seed, phantom_size, stage)
     prepared = workdir / "prepared"
     prepare_both(data, prepared, experiment, workers, stage)
@@ -132,53 +143,74 @@ def run_demo(
     train_slices, _ = read_slices(prepared / "train")
     table = add_fold_column(train_slices.assign(status="ok"), wide, experiment.data.n_folds, experiment.data.seed)
     table.to_csv(workdir / "folds.csv", index=False)
-    print(f"  {len(table)} labelled images, {table['PatientID'].nunique()} patients; "
-          f"validation = fold {experiment.data.fold} ({int((table['fold'] == experiment.data.fold).sum())} images)")
+    print(f"  {len(table)} labelled images, {table['PatientID'].nunique()} patients")
 
-    from .training import fill_rates, predict, train  # torch only from here on
+    runs = train_folds(table, prepared / "train", experiment, workdir, stage)
+    weights = [r.weights for r in runs]
 
-    stage(f"train: {experiment.name} ({experiment.model.arch}, {sum(p.epochs for p in experiment.phases)} epochs)")
-    run_dir = workdir / "run"
-    result = train(table, prepared / "train", experiment, run_dir, resume=True)
-    metrics = result.metrics
-    print(f"  validation weighted log loss {metrics['valid_weighted_log_loss']:.4f} (calibrated; model alone "
-          f"{metrics['valid_raw']:.4f}, constant prior {metrics['valid_prior']:.4f}); weights {result.weights}")
-
-    stage(f"predict: {'TTA ' if experiment.predict.tta else ''}on the test slices")
+    stage(f"predict: the test slices, {'TTA, ' if experiment.predict.tta else ''}the folds averaged")
+    from .study import out_of_fold, sequence_stage, test_slices
     from .submission import write_checked
+    from .training import fill_rates
 
-    test, failed = read_slices(prepared / "test")
-    probs = predict(test, prepared / "test", experiment, [result.weights])
+    test_table, failed = read_slices(prepared / "test")
+    test, calibrated = test_slices(test_table, prepared / "test", experiment, weights)
     if failed:  # an unreadable test slice still needs rows: the training label rates
         print(f"  {len(failed)} test slice(s) failed to prepare: the training label rates for them")
-
-    stage("submission: write + check")
     sample = data / "stage_2_sample_submission.csv"
-    rates = fill_rates([result.weights])
-    submission, check = write_checked(workdir / "submission.csv", test["ID"], probs, sample, rates)
-    print("  " + "\n  ".join(check.lines()))
-    if not check.ok:
-        raise UserError(f"{submission} failed its own check")
+    rates = fill_rates(weights)
+    submissions = {"2d": write_checked(workdir / ("submission_2d.csv" if context else "submission.csv"), test.ids,
+                                       calibrated, sample, rates)}
+    if context:
+        kind = {"gru": "a bi-GRU", "conv": "1D convolutions"}[experiment.sequence.model]
+        stage(f"study context: {kind} along each series, on the {len(runs)} folds' out-of-fold outputs")
+        oof = out_of_fold([r.run_dir for r in runs])
+        probs, scores, _ = sequence_stage(oof, test, experiment, workdir / "sequence")
+        print(f"  out-of-fold weighted log loss: CNN alone {scores['cnn_oof']:.4f}, with study context "
+              f"{scores['sequence_oof']:.4f} ({scores['seconds']:.0f}s)")
+        submissions["context"] = write_checked(workdir / "submission.csv", test.ids, probs, sample, rates)
+    for name, (path, check) in submissions.items():
+        print(f"  {path.name}: " + "; ".join(check.lines()))
+        if not check.ok:
+            raise UserError(f"{path} failed its own check")
 
     stage("score")
-    test_score = prior_score = None
-    extra = {"submission": str(submission)}
+    final = submissions.get("context", submissions["2d"])[0]
+    scores = {}
     if (data / "test_labels.csv").exists():
-        ids = list(test["ID"]) + failed
-        test_score, prior_score = score_against_truth(submission, data / "test_labels.csv", ids, rates, sample)
-        print(f"  test weighted log loss {test_score:.4f}   constant prior {prior_score:.4f}   "
-              f"improvement {1 - test_score / prior_score:.1%}")
-        extra.update({"test weighted log loss": f"{test_score:.4f}", "constant-prior log loss": f"{prior_score:.4f}",
-                      "improvement over prior": f"{1 - test_score / prior_score:.1%}"})
+        ids = list(test.ids) + failed
+        scores = score_all({k: p for k, (p, _) in submissions.items()}, data / "test_labels.csv", ids, rates, sample,
+                           workdir)
+        for name, value in scores.items():
+            print(f"  {name:<28} {value:.4f}")
+        if "study context (submission)" in scores:
+            gain = 1 - scores["study context (submission)"] / scores["CNN alone (submission_2d)"]
+            print(f"  study context: {gain:.1%} below the CNN alone")
     else:
         print("  no test_labels.csv (a real competition hides them): submit to get a score")
 
     stage("report")
-    from .report import write_run_report
+    from .report import write_demo_report
 
-    report = write_run_report(result, experiment, table, prepared / "train", extra=extra)
+    report = write_demo_report(workdir, experiment, runs, table, prepared, scores, test, calibrated,
+                               submissions, data / "test_labels.csv")
     print(f"  {report}")
     seconds = time.time() - started
-    print(f"done in {seconds:.0f}s: {submission}")
-    return DemoResult(workdir, submission, report, metrics["valid_weighted_log_loss"], test_score, prior_score,
-                      seconds)
+    print(f"done in {seconds:.0f}s: {final}")
+    prior = scores.get("constant prior (training rates)")
+    test_score = list(scores.values())[-1] if scores else None  # the final submission's
+    return DemoResult(workdir, final, report, float(np.mean([r.metrics["valid_weighted_log_loss"] for r in runs])),
+                      test_score, prior, seconds, scores)
+
+
+def score_all(submissions: dict, truth: Path, ids, rates, sample: Path, workdir: Path) -> dict:
+    """The test scores on the hidden synthetic truth: the constant prior, then each submission."""
+    from .metric import score_files
+    from .submission import write_submission
+
+    prior = write_submission(workdir / "prior_submission.csv", ids, np.tile(rates, (len(ids), 1)), sample)
+    names = {"2d": "CNN alone (submission_2d)", "context": "study context (submission)"}
+    if "context" not in submissions:
+        names["2d"] = "CNN alone (submission)"
+    return {"constant prior (training rates)": score_files(prior, truth).score,
+            **{names[k]: score_files(path, truth).score for k, path in submissions.items()}}

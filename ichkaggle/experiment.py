@@ -85,12 +85,29 @@ class PredictConfig:
 
 
 @dataclass(frozen=True)
+class SequenceConfig:
+    """The sequence stage over each series (``ichkaggle seq``): a bi-GRU on the CNN's outputs."""
+
+    enabled: bool = False
+    model: str = "gru"  # "gru": a bidirectional GRU over the series; "conv": two 1D convolutions along it
+    embedding_dims: int = 32  # the CNN embedding projected to this many values; 0: logits and gaps only
+    hidden: int = 64
+    layers: int = 1
+    dropout: float = 0.1
+    epochs: int = 20
+    lr: float = 0.003
+    batch_series: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     phases: tuple[Phase, ...] = ()
     predict: PredictConfig = field(default_factory=PredictConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
     description: str = ""
 
     def to_toml(self) -> str:
@@ -183,7 +200,7 @@ def load_experiment(name_or_path: str | os.PathLike, **data_overrides) -> Experi
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: not valid TOML: {err}") from None
     where = str(path)
-    top = {"name", "description", "model", "data", "phases", "predict"}
+    top = {"name", "description", "model", "data", "phases", "predict", "sequence"}
     unknown = set(raw) - top
     if unknown:
         raise UserError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(top)}")
@@ -197,6 +214,7 @@ def load_experiment(name_or_path: str | os.PathLike, **data_overrides) -> Experi
         data=_build(DataConfig, raw.get("data", {}), f"{where} [data]"),
         phases=tuple(_build(Phase, p, f"{where} [[phases]] #{i + 1}") for i, p in enumerate(phases)),
         predict=_build(PredictConfig, raw.get("predict", {}), f"{where} [predict]"),
+        sequence=_build(SequenceConfig, raw.get("sequence", {}), f"{where} [sequence]"),
     )
     if data_overrides:
         experiment = replace(experiment, data=replace(experiment.data, **data_overrides))
@@ -250,6 +268,13 @@ def validate(experiment: Experiment, where: str = "experiment") -> None:
     _check(model.normalize in ("imagenet", "none"), f"{where} [model] normalize", model.normalize,
            "'imagenet' or 'none'")
     _check(predict.tta_n >= 1, f"{where} [predict] tta_n", predict.tta_n, "must be >= 1")
+    seq = experiment.sequence
+    for key in ("hidden", "layers", "epochs", "batch_series"):
+        _check(getattr(seq, key) >= 1, f"{where} [sequence] {key}", getattr(seq, key), "must be >= 1")
+    _check(seq.model in ("gru", "conv"), f"{where} [sequence] model", seq.model, "'gru' or 'conv'")
+    _check(seq.embedding_dims >= 0, f"{where} [sequence] embedding_dims", seq.embedding_dims, "must be >= 0")
+    _check(0 <= seq.dropout < 1 and seq.lr > 0, f"{where} [sequence] dropout/lr", (seq.dropout, seq.lr),
+           "dropout in [0, 1) and lr > 0")
     _check(0 <= predict.tta_beta <= 1, f"{where} [predict] tta_beta", predict.tta_beta, "must be in [0, 1]")
     from .windowing import parse_windows
 

@@ -438,14 +438,25 @@ def kaggle_infer(
 
     ok, folder, failed = split_inputs(experiment, competition, "test", scratch, workers, input_root)
 
-    from .training import fill_rates, predict  # torch from here on
+    from .study import out_of_fold, sequence_stage, test_slices
+    from .training import fill_rates  # torch from here on
 
-    probs = predict(ok, folder, experiment, weights, dicom=experiment.data.source == "dicom")
+    test, calibrated = test_slices(ok, folder, experiment, weights, dicom=experiment.data.source == "dicom")
     if failed:  # an unreadable slice still needs rows: the training label rates
         print(f"  {len(failed)} test slice(s) unreadable: the training label rates for them", flush=True)
-    sample = competition / "stage_2_sample_submission.csv"
-    submission, report = write_checked(output / "submission.csv", ok["ID"], probs, sample, fill_rates(weights))
-    print("  " + "\n  ".join(report.lines()), flush=True)
+    sample, rates = competition / "stage_2_sample_submission.csv", fill_rates(weights)
+    context = experiment.sequence.enabled
+    submission, report = write_checked(output / ("submission_2d.csv" if context else "submission.csv"), test.ids,
+                                       calibrated, sample, rates)
+    print("  the CNN alone: " + "\n  ".join(report.lines()), flush=True)
+    scores = {}
+    if context:  # the sequence stage on the folds' out-of-fold outputs, on this machine's CPU
+        oof = out_of_fold([folder / f"fold{m['fold']}" for folder, m in runs])
+        probs, scores, _ = sequence_stage(oof, test, experiment, output / "sequence")
+        print(f"  study context: out-of-fold {scores['cnn_oof']:.4f} -> {scores['sequence_oof']:.4f} "
+              f"({scores['seconds']:.0f}s)", flush=True)
+        submission, report = write_checked(output / "submission.csv", test.ids, probs, sample, rates)
+        print("  with study context: " + "\n  ".join(report.lines()), flush=True)
     if not report.ok:
         raise UserError(f"{submission} failed its check against {sample}")
     (output / INFER_MANIFEST).write_text(json.dumps({
@@ -457,6 +468,7 @@ def kaggle_infer(
         "test_images": len(ok) + len(failed),
         "unreadable": len(failed),
         "check": report.lines(),
+        "sequence": scores,
         "seconds": round(time.time() - started, 1),
     }, indent=2) + "\n")
     print(f"done: {submission}", flush=True)

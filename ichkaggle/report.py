@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -208,3 +209,88 @@ def write_run_report(result, experiment: Experiment, table: pd.DataFrame, folder
     return write_report(result.run_dir, experiment, result.history, result.metrics,
                         [images.image(i) for i in range(len(chosen))], result.valid_targets[chosen],
                         result.valid_preds[chosen], extra)
+
+
+def series_picture(images: Sequence[np.ndarray], truth: np.ndarray, first: np.ndarray, second: np.ndarray,
+                   path: Path, names=("2D", "with context")) -> Path | None:
+    """One series along x: the slices on top, then per label the truth (grey bars) and two
+    predictions (lines) -- what the neighbours change."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    n = len(images)
+    fig, axes = plt.subplots(len(LABELS) + 1, 1, figsize=(max(6, 0.45 * n), 11), dpi=100, sharex=True,
+                             gridspec_kw={"height_ratios": [1.6] + [1] * len(LABELS)})
+    strip = np.hstack([cv2.resize(as_picture(im), (48, 48))[..., ::-1] for im in images])
+    axes[0].imshow(strip, extent=(-0.5, n - 0.5, 0, 1), aspect="auto")
+    axes[0].set_yticks([])
+    axes[0].set_title("one test series, lowest slice left")
+    x = np.arange(n)
+    for ax, j, label in zip(axes[1:], range(len(LABELS)), LABELS):
+        ax.bar(x, truth[:, j], color="0.85", width=0.9, label="truth")
+        ax.plot(x, first[:, j], "-o", ms=3, label=names[0])
+        ax.plot(x, second[:, j], "-s", ms=3, label=names[1])
+        ax.set_ylim(-0.05, 1.05)
+        ax.set_ylabel(SHORT[label], rotation=0, labelpad=18)
+    axes[1].legend(fontsize=7, loc="upper right", ncol=3)
+    axes[-1].set_xlabel("slice")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_demo_report(workdir: Path, experiment: Experiment, runs, table: pd.DataFrame, prepared: Path,
+                      scores: dict, test, calibrated: np.ndarray, submissions: dict, truth_csv: Path) -> Path:
+    """DIR/report.md: the test scores side by side, each fold's run report, one test series drawn."""
+    workdir = Path(workdir).resolve()  # the runs' reports are absolute paths
+    lines = [f"# ichkaggle demo: {experiment.name}", "", experiment.description, ""]
+    if scores:
+        lines += ["| test set (hidden synthetic truth) | weighted log loss |", "|---|---:|"]
+        lines += [f"| {name} | {value:.4f} |" for name, value in scores.items()]
+        lines.append("")
+    lines += ["| fold | CV (calibrated, cross-fitted) | model alone | constant prior | report |", "|---|---:|---:|---:|---|"]
+    for run in runs:
+        m = run.metrics
+        report = write_run_report(run, replace(experiment, data=replace(experiment.data, fold=m["fold"])), table,
+                                  prepared / "train")
+        lines.append(f"| {m['fold']} | {m['valid_weighted_log_loss']:.4f} | {m['valid_raw']:.4f} | "
+                     f"{m['valid_prior']:.4f} | [{report.relative_to(workdir)}]({report.relative_to(workdir)}) |")
+    lines.append("")
+    if "context" in submissions and truth_csv.exists():
+        picture = _draw_a_series(workdir, test, calibrated, submissions["context"][0], truth_csv, prepared, experiment)
+        if picture is not None:
+            lines += ["## Study context on one test series", "", f"![one series]({picture.name})", ""]
+    lines += [f"Submissions: {', '.join(p.name for p, _ in submissions.values())}, each checked against the sample.",
+              ""]
+    path = workdir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _draw_a_series(workdir: Path, test, calibrated, context_csv: Path, truth_csv: Path, prepared: Path, experiment):
+    """The test series with the most positive slices, drawn by :func:`series_picture`."""
+    from .images import slice_images
+    from .labels import read_long_csv
+    from .series import sequences
+
+    truth = read_long_csv(truth_csv).set_index("ID")
+    context = _wide_probs(context_csv)
+    seqs = sequences(test.series, test.position, test.ids)
+    best = max(seqs, key=lambda rows: truth.loc[test.ids[rows], "any"].sum())
+    ids = test.ids[best]
+    alone = replace(experiment, data=replace(experiment.data, context=0))
+    images = slice_images(pd.DataFrame({"ID": ids}), prepared / "test", alone)
+    return series_picture([images.image(i) for i in range(len(ids))], truth.loc[ids, list(LABELS)].to_numpy(float),
+                          calibrated[best], context.loc[ids, list(LABELS)].to_numpy(float), workdir / "series.png")
+
+
+def _wide_probs(csv: Path) -> pd.DataFrame:
+    """A submission's probabilities as one row per image (LABELS columns)."""
+    long = pd.read_csv(csv, dtype={"ID": object})
+    parts = long["ID"].str.rsplit("_", n=1, expand=True)
+    return long.assign(image=parts[0], label=parts[1]).pivot(index="image", columns="label", values="Label")

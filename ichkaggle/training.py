@@ -53,6 +53,10 @@ from .images import Rows, slice_images
 from .loader import SliceDataset, SliceLoader
 from .metric import EPS, WEIGHTS, per_label_log_loss, weighted_log_loss
 from .run_state import TrainingState, new_session
+from .sequence import SliceTable
+
+#: the kept model's outputs on its validation fold: the sequence stage's out-of-fold rows
+VALID_SLICES = "valid_slices.npz"
 
 #: fastai's Adam decouples weight decay (decouple_wd=True): it is AdamW under another name
 OPTIMIZERS = {"adam": Adam, "radam": RAdam, "sgd": SGD, "adamw": Adam}
@@ -581,7 +585,11 @@ def _finish(learn, run: Run, table, images, valid_rows, targets) -> TrainResult:
     final = run_dir / "models" / "final.pth"
     save_weights(learn.model, final)
     valid = loader(experiment, Rows(images, valid_rows), targets[valid_rows])
-    probs, _ = slice_predictions(learn, valid, experiment)
+    probs, embeddings = slice_predictions(learn, valid, experiment)
+    if {"SeriesInstanceUID", "position"} <= set(table.columns):  # the sequence stage's out-of-fold input
+        rows = table.iloc[valid_rows]
+        SliceTable(rows["ID"].to_numpy(), rows["SeriesInstanceUID"].to_numpy(), rows["position"].to_numpy(float),
+                   probs, embeddings, targets[valid_rows], rows["fold"].to_numpy()).save(run_dir / VALID_SLICES)
     y = targets[valid_rows]
     rates = targets[np.setdiff1d(np.arange(len(table)), valid_rows)].mean(axis=0)
     calibration, scores = calibrate.summary(probs, y, table["PatientID"].to_numpy()[valid_rows], rates)
@@ -657,11 +665,9 @@ def run_of(weights: str | os.PathLike) -> Path:
     return Path(weights).resolve().parent.parent
 
 
-def predict(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment, weights, *,
-            dicom: bool = False, tta: bool | None = None, embeddings: bool = False):
-    """``table``'s slices -> (N, 6) probabilities, each model calibrated as its run was, then
-    averaged (several weights: e.g. one per fold). With ``embeddings`` also the per-model
-    embeddings (a list, one (N, D) array per model)."""
+def predict_each(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment, weights, *,
+                 dicom: bool = False, tta: bool | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(raw probabilities, embeddings) of ``table``'s slices for each weights file, in order."""
     if not weights:
         raise UserError("no weights given")
     if len(table) == 0:
@@ -669,15 +675,20 @@ def predict(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experime
     images = slice_images(table, folder, experiment, dicom)
     dl = loader(experiment, images)
     stand_in = DataLoaders(dl, dl, device=dl.device)
-    probs, vectors = [], []
+    out = []
     for path in weights:
         learn = build_learner(stand_in, experiment, Path("."), pretrained=False)
         load_weights(learn, path)
-        p, e = slice_predictions(learn, dl, experiment, tta)
-        probs.append(run_calibration(path).apply(p))
-        vectors.append(e)
-    mean = np.mean(probs, axis=0)
-    return (mean, vectors) if embeddings else mean
+        out.append(slice_predictions(learn, dl, experiment, tta))
+    return out
+
+
+def predict(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment, weights, *,
+            dicom: bool = False, tta: bool | None = None) -> np.ndarray:
+    """``table``'s slices -> (N, 6) probabilities, each model calibrated as its run was, then
+    averaged (several weights: e.g. one per fold)."""
+    each = predict_each(table, folder, experiment, weights, dicom=dicom, tta=tta)
+    return np.mean([run_calibration(w).apply(p) for w, (p, _) in zip(weights, each)], axis=0)
 
 
 def run_calibration(weights: str | os.PathLike) -> calibrate.Calibration:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from ichkaggle.bundle import build_bundle
-from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig
+from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig, SequenceConfig
 
 pytestmark = pytest.mark.torch  # the train tox env runs these; the core env has no torch
 
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SLUG = "rsna-intracranial-hemorrhage-detection"
 
 
-def _tiny_config(path: Path, name: str = "tiny", size: int = 32, epochs: int = 1) -> Path:
+def _tiny_config(path: Path, name: str = "tiny", size: int = 32, epochs: int = 1, sequence: bool = False) -> Path:
     experiment = Experiment(
         name=name,
         model=ModelConfig(arch="efficientnet_b0",
@@ -37,6 +37,7 @@ def _tiny_config(path: Path, name: str = "tiny", size: int = 32, epochs: int = 1
         data=DataConfig(size=size, batch_size=8, fold=0, n_folds=2, max_rotate=5.0, max_zoom=1.05),
         phases=(Phase(name="train", epochs=epochs, lr=3e-3),),
         predict=PredictConfig(tta=True, tta_n=2),
+        sequence=SequenceConfig(enabled=sequence, model="conv", embedding_dims=4, hidden=8, epochs=3),
     )
     path.write_text(experiment.to_toml())
     return path
@@ -71,7 +72,7 @@ def kaggle_input(tmp_path_factory) -> Path:
     synthesize(competition, 64, 16, seed=5, config=load_config(size=64, slices_min=8, slices_max=10),
                show_progress=False)
     (competition / "test_labels.csv").unlink()  # a real competition hides them
-    configs = (_tiny_config(root / "tiny.toml"), _tiny_config(root / "tiny3.toml", "tiny3", epochs=3),
+    configs = (_tiny_config(root / "tiny.toml"), _tiny_config(root / "tiny3.toml", "tiny3", epochs=3, sequence=True),
                _tiny_config(root / "tiny48.toml", "tiny48", size=48))
     build_bundle(inputs / "ichkaggle-src", "alice", ROOT, extra_configs=configs, secrets=[])
     subprocess.run([sys.executable, str(ROOT / "datasets" / "ichkaggle-timm-weights" / "fetch_weights.py"),
@@ -125,16 +126,24 @@ def test_prepare_once_then_sessions_of_a_fold_then_infer_offline(kaggle_input):
     assert (s2 / second["weights"]).is_file() and (s2 / "fold0" / "report.md").is_file()
     shutil.rmtree(inputs / "ichkaggle-train-fold0-s1")  # the infer kernel attaches each fold's last session
     _attach(s2, inputs, "ichkaggle-train-fold0-s2")
-    # 4. infer: the prepared test data, the fold's last session
+    fold1 = root / "working" / "fold1"  # the other fold, in one session: the sequence stage needs both
+    _run(ROOT / "kernels" / "train" / "train.py", root, cwd=root, ICHKAGGLE_OUTPUT=str(fold1),
+         ICHKAGGLE_CONFIG="tiny3", ICHKAGGLE_FOLD="1", ICHKAGGLE_SCRATCH=str(root / "scratch3"), **common)
+    _attach(fold1, inputs, "ichkaggle-train-fold1-s1")
+    # 4. infer: the prepared test data, each fold's last session, then the sequence stage over each series
     out = root / "working" / "infer"
     result = _run(ROOT / "kernels" / "infer" / "infer.py", root, cwd=root, ICHKAGGLE_OUTPUT=str(out),
-                  ICHKAGGLE_FOLDS="0", ICHKAGGLE_SCRATCH=str(root / "scratch-infer"), **common)
+                  ICHKAGGLE_FOLDS="0,1", ICHKAGGLE_SCRATCH=str(root / "scratch-infer"), **common)
     from ichkaggle.submission import check_submission
 
     sample = inputs / SLUG / SLUG / "stage_2_sample_submission.csv"
-    assert check_submission(out / "submission.csv", sample).ok and not (root / "scratch-infer").exists()
-    assert json.loads((out / "ichkaggle_infer.json").read_text())["folds"] == [0]
-    shutil.rmtree(inputs / "ichkaggle-train-fold0-s2")
+    for name in ("submission_2d.csv", "submission.csv"):  # the CNN alone, then with study context
+        assert check_submission(out / name, sample).ok
+    assert not (root / "scratch-infer").exists() and "with study context: OK" in result.stdout
+    manifest = json.loads((out / "ichkaggle_infer.json").read_text())
+    assert manifest["folds"] == [0, 1] and manifest["sequence"]["slices"] == 64
+    for slug in ("ichkaggle-train-fold0-s2", "ichkaggle-train-fold1-s1"):
+        shutil.rmtree(inputs / slug)
 
 
 def test_prepared_data_of_other_settings_is_refused_naming_both(kaggle_input):

@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default=None, metavar="COMPETITION_DIR",
                         help="a competition-shaped directory instead of synthesising one")
     parser.add_argument("--config", default="demo", help="experiment TOML (a path or a bundled name)")
-    parser.add_argument("--train", type=int, default=1200, metavar="N", help="synthetic train slices")
-    parser.add_argument("--test", type=int, default=300, metavar="M", help="synthetic test slices")
+    parser.add_argument("--train", type=int, default=3600, metavar="N", help="synthetic train slices")
+    parser.add_argument("--test", type=int, default=600, metavar="M", help="synthetic test slices")
     parser.add_argument("--seed", type=int, default=0, help="synthetic data seed")
     parser.add_argument("--epochs", type=int, default=None, help="override every phase's epochs (quick tries)")
     parser.add_argument("--workers", type=int, default=None, help="prepare processes (default: all cores)")

@@ -1,0 +1,190 @@
+"""Study context: neighbours in real series, the out-of-fold bookkeeping, the sequence models, the commands."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ichkaggle import LABELS
+from ichkaggle.cli import main
+from ichkaggle.errors import UserError
+from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig, SequenceConfig
+from ichkaggle.series import neighbours
+
+pytestmark = pytest.mark.torch
+
+
+def _table(n_series=6, seed=0, dims=8):
+    from ichkaggle.sequence import SliceTable
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_series):
+        k = int(rng.integers(5, 15))
+        positions = np.cumsum(rng.uniform(4, 6, k)) + rng.uniform(-50, 50)
+        lesion = np.zeros((k, 6))
+        start = int(rng.integers(0, k - 2))
+        lesion[start:start + 3, [0, 5]] = 1
+        for j in rng.permutation(k):  # stored in any order
+            rows.append((f"ID_{s:03x}{j:03x}", f"S{s}", positions[j], lesion[j]))
+    ids, series, position, targets = map(np.array, zip(*rows))
+    probs = np.clip(0.25 + 0.5 * targets + rng.normal(0, 0.15, targets.shape), 0.01, 0.99)
+    return SliceTable(ids.astype(object), series.astype(object), position.astype(float), probs,
+                      rng.normal(size=(len(ids), dims)).astype(np.float16), targets.astype(float),
+                      np.array([int(s[1:]) % 3 for s in series]))
+
+
+@pytest.mark.parametrize("kind", ["gru", "conv"])
+def test_a_series_prediction_does_not_depend_on_its_batch(kind):
+    from ichkaggle.sequence import build_model, predict_series
+
+    table = _table(8)
+    cfg = SequenceConfig(model=kind, embedding_dims=4, hidden=8, layers=2, dropout=0.0)
+    model = build_model(cfg, table.embeddings.shape[1])
+    import torch
+
+    torch.manual_seed(1)
+    for p in model.parameters():  # not the identity it starts as: every weight matters
+        torch.nn.init.normal_(p, std=0.3)
+    together = predict_series(model, table, batch_series=64)
+    alone = predict_series(model, table, batch_series=1)
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    one = np.flatnonzero(table.series == "S3")
+    np.testing.assert_allclose(predict_series(model, table.take(one))[:, :], together[one], atol=1e-6)
+    assert np.abs(together - table.probs).max() > 1e-3  # the model did change something
+
+
+def test_the_stage_starts_as_the_identity_and_learns_from_neighbours():
+    from ichkaggle.metric import weighted_log_loss
+    from ichkaggle.sequence import build_model, predict_series, train_sequence
+
+    table = _table(60, seed=2, dims=4)
+    cfg = SequenceConfig(model="conv", embedding_dims=0, hidden=16, layers=1, epochs=30, lr=0.01, batch_series=8)
+    untrained = build_model(cfg, 4)
+    np.testing.assert_allclose(predict_series(untrained, table), np.clip(table.probs, 1e-7, 1 - 1e-7), atol=1e-6)
+    result = train_sequence(table, cfg)
+    assert result.scores["sequence_oof"] < result.scores["cnn_oof"]  # lesions span 3 slices: neighbours help
+    assert result.scores["sequence_oof"] == pytest.approx(weighted_log_loss(table.targets, result.oof))
+
+
+def test_gaps_say_where_a_slice_is_missing():
+    from ichkaggle.sequence import gap_features
+
+    gaps = gap_features(np.array([0.0, 5.0, 10.0, 20.0, 25.0]))  # one slice missing between 10 and 20
+    np.testing.assert_allclose(gaps[:, 0], [0, 1, 1, 2, 1])
+    np.testing.assert_allclose(gaps[:, 1], [1, 1, 2, 1, 0])
+
+
+def test_neighbours_skip_a_slice_that_failed_and_follow_tilted_positions(synth_dir, tmp_path):
+    from ichkaggle.prepare import PrepareSettings, prepare
+
+    meta = prepare(synth_dir / "stage_2_train", tmp_path / "p", PrepareSettings(size=16), workers=1,
+                   show_progress=False).metadata
+    ok = meta[meta["status"] == "ok"].reset_index(drop=True)
+    tilted = ok[ok["orientation"].str.split().str[5].astype(float) != 0]
+    assert len(tilted)  # the phantoms carry gantry tilt
+    series = tilted["SeriesInstanceUID"].iloc[0]
+    one = ok[ok["SeriesInstanceUID"] == series].reset_index(drop=True)
+    table = neighbours(one["SeriesInstanceUID"], one["position"], 1)
+    by_rank = one["rank"].to_numpy()
+    for i, row in enumerate(table):  # tilt-aware positions: neighbours are the ranks around
+        assert list(by_rank[row]) == [max(by_rank[i] - 1, 0), by_rank[i], min(by_rank[i] + 1, len(one) - 1)]
+    missing = int(np.flatnonzero(by_rank == 4)[0])  # the slice of rank 4 failed to prepare
+    kept = one.drop(index=missing).reset_index(drop=True)
+    table = neighbours(kept["SeriesInstanceUID"], kept["position"], 1)
+    at3 = int(np.flatnonzero(kept["rank"].to_numpy() == 3)[0])
+    assert list(kept["rank"].to_numpy()[table[at3]]) == [2, 3, 5]
+
+
+def _experiment(**sequence) -> Experiment:
+    return Experiment("tinyseq", ModelConfig(arch="mobilenetv3_small_100"),
+                      DataConfig(size=32, batch_size=8, n_folds=2, max_rotate=0.0, max_zoom=1.0, flip=False),
+                      (Phase("p", 1, 3e-3),), PredictConfig(tta=True, tta_n=1),
+                      SequenceConfig(enabled=True, model="conv", embedding_dims=4, hidden=8, epochs=3, **sequence))
+
+
+@pytest.fixture(scope="module")
+def two_folds(tmp_path_factory):
+    """Both folds of a tiny experiment trained on synthetic slices, and the test slices prepared."""
+    from ichkaggle.folds import add_fold_column
+    from ichkaggle.labels import read_labels_csv
+    from ichkaggle.prepare import PrepareSettings, prepare
+    from ichkaggle.prepared import read_slices
+    from ichkaggle.synth import load_config, synthesize
+    from ichkaggle.training import train
+
+    root = tmp_path_factory.mktemp("seq")
+    synthesize(root / "data", 60, 24, seed=4, config=load_config(size=64, slices_min=10, slices_max=12),
+               show_progress=False)
+    for split in ("train", "test"):
+        prepare(root / "data" / f"stage_2_{split}", root / split, PrepareSettings(size=32), workers=1,
+                show_progress=False, pack=True)
+    slices, _ = read_slices(root / "train")
+    table = add_fold_column(slices.assign(status="ok"), read_labels_csv(root / "data" / "stage_2_train.csv"), k=2)
+    experiment = _experiment()
+    config = root / "tinyseq.toml"
+    config.write_text(experiment.to_toml())
+    for fold in (0, 1):
+        train(table, root / "train", replace(experiment, data=replace(experiment.data, fold=fold)), root / f"run{fold}")
+    return root, table, config
+
+
+def test_no_slice_is_described_by_a_model_that_trained_on_it(two_folds, tmp_path):
+    from ichkaggle.study import out_of_fold
+
+    root, table, _ = two_folds
+    oof = out_of_fold([root / "run0", root / "run1"])
+    assert sorted(oof.ids) == sorted(table["ID"])  # every training slice, once
+    fold_of = table.set_index("ID")["fold"]
+    for run in (0, 1):
+        rows = oof.fold == run
+        assert (fold_of.loc[oof.ids[rows]] == run).all()  # run k described only the slices it held out
+    for fold in (0, 1):  # a run's table that mixes in slices it trained on is refused
+        bad = tmp_path / f"bad{fold}"
+        shutil.copytree(root / f"run{fold}", bad)
+        from ichkaggle.sequence import SliceTable
+
+        t = SliceTable.load(bad / "valid_slices.npz")
+        t.fold[:2] = 1 - fold
+        t.save(bad / "valid_slices.npz")
+        with pytest.raises(UserError, match="predicted by a model that trained on them"):
+            out_of_fold([bad])
+    with pytest.raises(UserError, match="in more than one run's validation fold"):
+        out_of_fold([root / "run0", root / "run0"])
+
+
+def test_embed_and_seq_commands_write_checked_submissions(two_folds, tmp_path, capsys):
+    root, _, config = two_folds
+    sample = root / "data" / "stage_2_sample_submission.csv"
+    emb = tmp_path / "emb"
+    assert main(["embed", "--config", str(config), "--runs", str(root / "run0"), str(root / "run1"),
+                 "--prepared", str(root / "test"), "--out", str(emb), "--sample", str(sample)]) == 0
+    assert (emb / "oof.npz").exists() and (emb / "test.npz").exists() and (emb / "submission_2d.csv").exists()
+    assert main(["seq", "train", "--config", str(config), "--embeddings", str(emb), "--out", str(tmp_path / "s")]) == 0
+    assert "with the sequence stage" in capsys.readouterr().out
+    assert json.loads((tmp_path / "s" / "sequence.json").read_text())["sequence_oof"] > 0
+    out = tmp_path / "submission.csv"
+    assert main(["seq", "predict", "--config", str(config), "--embeddings", str(emb), "--models",
+                 str(tmp_path / "s"), "--sample", str(sample), "--out", str(out)]) == 0
+    assert main(["check", str(out), "--sample", str(sample)]) == 0
+    assert len(pd.read_csv(out)) == len(pd.read_csv(sample))
+
+
+def test_demo_writes_both_submissions_and_the_series_picture(tmp_path, monkeypatch, capsys):
+    from ichkaggle.demo import run_demo
+
+    monkeypatch.chdir(tmp_path)
+    result = run_demo("w", n_train=150, n_test=30, epochs=1, workers=1, phantom_size=64)
+    out = capsys.readouterr().out
+    assert (tmp_path / "w" / "submission_2d.csv").exists() and result.submission.name == "submission.csv"
+    assert "CNN alone (submission_2d)" in out and "study context (submission)" in out
+    assert set(result.scores) == {"constant prior (training rates)", "CNN alone (submission_2d)",
+                                  "study context (submission)"}
+    report = (tmp_path / "w" / "report.md").read_text()
+    assert "| study context (submission) |" in report and "series.png" in report
+    assert (tmp_path / "w" / "series.png").exists() and (tmp_path / "w" / "run0" / "report.md").exists()
