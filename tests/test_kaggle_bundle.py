@@ -67,10 +67,10 @@ def test_only_allow_listed_files_go_in(source, tmp_path):
     assert not any("notes.txt" in n or "draft.yaml" in n or "__pycache__" in n for n in names)
     record = [n for n in names if n.endswith("/RECORD")]
     assert record and {n for n in names if n.endswith((".dist-info/METADATA", ".dist-info/WHEEL"))}
-    assert {p.name for p in result.files} == {result.wheel.name, "b0_baseline.toml", "demo.toml", "exp_00.toml",
-                                              "dataset-metadata.json", "SHA256SUMS"}
+    configs = ["b0_baseline.toml", "b5_t4x2.toml", "demo.toml", "exp_00.toml"]
+    assert {p.name for p in result.files} == {result.wheel.name, *configs, "dataset-metadata.json", "SHA256SUMS"}
     assert [p.name for p in dataset_files(result.out, "ichkaggle-src")] == sorted(
-        [result.wheel.name, "SHA256SUMS", "b0_baseline.toml", "demo.toml", "exp_00.toml"])
+        [result.wheel.name, "SHA256SUMS", *configs])
     assert "notes.txt" in result.describe()  # the skipped file is named
 
 
@@ -140,7 +140,7 @@ def test_the_wheel_installs_offline_and_carries_the_configs(source, tmp_path):
     out = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [read_project(source).version, "b0_baseline,demo,exp_00"]
+    assert out.stdout.split() == [read_project(source).version, "b0_baseline,b5_t4x2,demo,exp_00"]
     scripts = (target / "bin" / "ichkaggle")
     assert scripts.exists() and "ichkaggle.cli" in scripts.read_text()
 

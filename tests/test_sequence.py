@@ -178,7 +178,7 @@ def test_embed_and_seq_commands_write_checked_submissions(two_folds, tmp_path, c
 def test_demo_writes_both_submissions_and_the_series_picture(tmp_path, monkeypatch, capsys):
     from ichkaggle.demo import run_demo
 
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # a relative --workdir, as the README runs it
     result = run_demo("w", n_train=150, n_test=30, epochs=1, workers=1, phantom_size=64)
     out = capsys.readouterr().out
     assert (tmp_path / "w" / "submission_2d.csv").exists() and result.submission.name == "submission.csv"
@@ -188,3 +188,6 @@ def test_demo_writes_both_submissions_and_the_series_picture(tmp_path, monkeypat
     report = (tmp_path / "w" / "report.md").read_text()
     assert "| study context (submission) |" in report and "series.png" in report
     assert (tmp_path / "w" / "series.png").exists() and (tmp_path / "w" / "run0" / "report.md").exists()
+    assert (tmp_path / "w" / "run0" / "montage.png").exists() and (tmp_path / "w" / "run0" / "loss.png").exists()
+    assert (tmp_path / "w" / "prepared" / "train" / "shards" / "index.csv").exists()  # the packed layout
+    assert result.test_score > 0 and result.prior_score > 0

@@ -296,18 +296,6 @@ def test_predict_command_writes_a_checked_submission_with_the_prior_for_failed_s
         assert sub[f"{broken}_{label}"] == pytest.approx(np.clip(expected, 1e-6, 1 - 1e-6), rel=1e-5)
 
 
-def test_demo_runs_end_to_end_small(tmp_path, capsys, monkeypatch):
-    from ichkaggle.demo import run_demo
-
-    monkeypatch.chdir(tmp_path)  # a relative --workdir, as the README runs it
-    result = run_demo("w", n_train=200, n_test=16, epochs=1, workers=1, phantom_size=64)
-    out = capsys.readouterr().out
-    assert "constant prior" in out and result.submission.exists() and result.report.exists()
-    assert (tmp_path / "w" / "run" / "montage.png").exists() and (tmp_path / "w" / "run" / "loss.png").exists()
-    assert result.test_score is not None and result.prior_score > 0
-    assert (tmp_path / "w" / "prepared" / "train" / "shards" / "index.csv").exists()  # the packed layout
-
-
 def test_distributed_training_with_two_cpu_processes(prepared, tmp_path):
     """The multi-GPU path (torchrun + fastai/accelerate DDP), exercised on gloo with two CPU ranks."""
     import os
