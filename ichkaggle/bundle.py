@@ -66,10 +66,6 @@ class Project:
     package_data: tuple[str, ...]
 
     @property
-    def package_dir(self) -> Path:
-        return self.root / self.name
-
-    @property
     def wheel_name(self) -> str:
         return f"{self.name}-{self.version}-py3-none-any.whl"
 
@@ -92,12 +88,9 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
             raise UserError(f"{root}: no pyproject.toml of the ichkaggle project here")
         return root
     here = Path.cwd().resolve()
-    for folder in (here, *here.parents):
+    for folder in (here, *here.parents, Path(__file__).resolve().parents[1]):
         if _is_project(folder):
             return folder
-    beside = Path(__file__).resolve().parents[1]
-    if _is_project(beside):
-        return beside
     raise UserError("cannot find the ichkaggle source (pyproject.toml): run from the checkout or pass --source")
 
 
@@ -123,7 +116,7 @@ def read_project(root: Path) -> Project:
 def package_files(project: Project) -> tuple[list[Path], list[Path]]:
     """(allow-listed files, other files) of the package tree, sorted; caches are not listed."""
     allowed, other = [], []
-    base = project.package_dir
+    base = project.root / project.name
     for path in sorted(base.rglob("*")):
         if not path.is_file() or "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo"):
             continue
@@ -176,12 +169,6 @@ def refuse_credentials(paths, secrets: list[str], base: Path | None = None, cont
     if found:
         raise UserError("refusing: a file looks like a credential: " + "; ".join(found)
                         + ". Move it out of the tree (keep kaggle.json in ~/.kaggle)")
-
-
-def current_secrets() -> list[str]:
-    from .kaggle_api import secret_values
-
-    return secret_values()
 
 
 # ----------------------------------------------------------------------------- the wheel
@@ -292,7 +279,10 @@ def build_bundle(
         raise UserError("no Kaggle username for dataset-metadata.json: pass --owner or set up credentials")
     project = read_project(project_root(source))
     out = Path(out) if out is not None else project.root / "datasets" / SRC_DATASET
-    secrets = current_secrets() if secrets is None else secrets
+    if secrets is None:
+        from .kaggle_api import secret_values
+
+        secrets = secret_values()
     allowed, other = package_files(project)
     configs = sorted(p for p in allowed if p.suffix == ".toml" and p.parent.name == "configs")
     extras = [Path(p) for p in extra_configs]
@@ -351,16 +341,13 @@ def dataset_files(folder: Path, name: str) -> list[Path]:
         SRC_DATASET: ("ichkaggle-*.whl", "*.toml", "SHA256SUMS"),
         "ichkaggle-timm-weights": ("*.safetensors", "SHA256SUMS"),
     }.get(name)
-    files = []
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name == "dataset-metadata.json" or path.name.startswith("."):
-            continue
+    def uploaded(path: Path) -> bool:
         if patterns is None:
-            if path.suffix not in (".py", ".md"):
-                files.append(path)
-        elif any(fnmatch.fnmatch(path.name, p) for p in patterns):
-            files.append(path)
-    return files
+            return path.suffix not in (".py", ".md")
+        return any(fnmatch.fnmatch(path.name, p) for p in patterns)
+
+    return [path for path in sorted(folder.iterdir()) if path.is_file() and path.name != "dataset-metadata.json"
+            and not path.name.startswith(".") and uploaded(path)]
 
 
 def stale_bundle(folder: str | os.PathLike, source: str | os.PathLike | None = None) -> str | None:

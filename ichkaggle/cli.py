@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train an experiment (TOML) with fastai + timm on prepared images"),
     "predict": ("predict", "TTA predictions of trained models -> a checked submission CSV"),
     "embed": ("embed", "per-slice CNN outputs of the folds' runs: out-of-fold and test tables for `seq`"),
-    "seq": ("seq", "the sequence stage: a bi-GRU over each series (train | predict)"),
+    "seq": ("seq", "the sequence stage: a bi-GRU or 1-D convolutions over each series (train | predict)"),
     "plan": ("plan", "GPU-hours, sessions per fold and the weekly quota an experiment needs on Kaggle"),
     "demo": ("demo", "the main job end to end on the embedded synthetic default (CPU)"),
     "bundle": ("bundle", "build the package + configs as a Kaggle dataset folder (credential-checked)"),

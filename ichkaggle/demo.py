@@ -33,12 +33,6 @@ class DemoResult:
     seconds: float
     scores: dict
 
-    @property
-    def improvement(self) -> float | None:
-        if self.test_score is None or not self.prior_score:
-            return None
-        return 1.0 - self.test_score / self.prior_score
-
 
 class Stages:
     """Prints each stage with its elapsed time, so a long run shows where it is."""

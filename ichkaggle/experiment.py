@@ -12,6 +12,7 @@ import importlib.util
 import os
 import tomllib
 import typing
+import warnings
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -86,7 +87,7 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class SequenceConfig:
-    """The sequence stage over each series (``ichkaggle seq``): a bi-GRU on the CNN's outputs."""
+    """The sequence stage over each series (``ichkaggle seq``): a bi-GRU or 1-D convolutions on the CNN's outputs."""
 
     enabled: bool = False
     model: str = "gru"  # "gru": a bidirectional GRU over the series; "conv": two 1D convolutions along it
@@ -290,7 +291,9 @@ def check_arch(arch: str, where: str) -> None:
     without the train extra there is no model to build, so nothing to check)."""
     if importlib.util.find_spec("timm") is None:
         return
-    import timm
+    with warnings.catch_warnings():  # timm's layers use torch.jit.script, which torch now deprecates
+        warnings.simplefilter("ignore", FutureWarning)
+        import timm
 
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]

@@ -100,32 +100,19 @@ def add_fold_column(
     if len(chosen) == 0:
         raise TableError("no image is both prepared (status ok) and labelled: check the IDs")
     folds = assign_folds(chosen["PatientID"].astype(str).to_numpy(dtype=object), array, k, seed)
-    out = pd.DataFrame(
-        {
-            "ID": chosen["ID"].to_numpy(dtype=object),
-            "PatientID": chosen["PatientID"].astype(str).to_numpy(dtype=object),
-            **{c: chosen[c].to_numpy() for c in carried},
-            "fold": folds,
-        }
-    )
-    for j, name in enumerate(LABELS):
-        out[name] = array[:, j]
+    out = pd.DataFrame({"ID": chosen["ID"].to_numpy(dtype=object),
+                        "PatientID": chosen["PatientID"].astype(str).to_numpy(dtype=object),
+                        **{c: chosen[c].to_numpy() for c in carried}, "fold": folds,
+                        **{name: array[:, j] for j, name in enumerate(LABELS)}})
     out[FASTAI_COLUMN] = fastai_strings(array)
     labelled = pd.Index(chosen["ID"].to_numpy(dtype=object))
-    out.attrs.update(
-        failed=int((~ok).sum()),
-        unlabelled=int((~has_label).sum()),
-        labels_without_image=int((~label_index.isin(labelled)).sum()),
-    )
+    out.attrs.update(failed=int((~ok).sum()), unlabelled=int((~has_label).sum()),
+                     labels_without_image=int((~label_index.isin(labelled)).sum()))
     return out
 
 
 def fold_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per fold: images, patients and each label's positive rate (to eyeball balance)."""
     grouped = table.groupby("fold")
-    summary = pd.DataFrame(
-        {"images": grouped.size(), "patients": grouped["PatientID"].nunique()}
-    )
-    for name in LABELS:
-        summary[name] = grouped[name].mean()
-    return summary
+    return pd.DataFrame({"images": grouped.size(), "patients": grouped["PatientID"].nunique()}).join(
+        grouped[list(LABELS)].mean())

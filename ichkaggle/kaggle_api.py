@@ -248,13 +248,10 @@ def classify(err: Exception) -> Problem:
         return Problem("other", f"HTTP {status}: {message}", status)
     if isinstance(err, (requests.ConnectionError, requests.Timeout)):
         return Problem("transient", _connection_text(err))
-    try:
-        import urllib3.exceptions as u3
+    import urllib3.exceptions as u3  # requests' own transport
 
-        if isinstance(err, (u3.ProtocolError, u3.TimeoutError, u3.NewConnectionError)):
-            return Problem("transient", _connection_text(err))
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(err, (u3.ProtocolError, u3.TimeoutError, u3.NewConnectionError)):
+        return Problem("transient", _connection_text(err))
     text = str(err) or type(err).__name__
     if "Permission 'kernels.get' was denied" in text:
         return Problem("forbidden", text, 403)
@@ -325,7 +322,6 @@ class SubmissionInfo:
     status: str
     description: str = ""
     file_name: str = ""
-    date: str = ""
     public_score: str = ""
     private_score: str = ""
     error_description: str = ""
@@ -445,10 +441,6 @@ class KaggleSession:
         return scrub(text, self.secrets)
 
     @property
-    def username(self) -> str:
-        return self.credentials.username
-
-    @property
     def api(self):
         """The client, configured through its public seams (see the module docstring)."""
         if self._api is None:
@@ -528,12 +520,9 @@ class KaggleSession:
         error = getattr(answer, "error", "") or ""
         if error:
             raise KaggleError(self.scrub(f"push kernel {ref}: Kaggle refused it: {error}"), kind="refused")
-        invalid = []
-        for name in ("invalid_dataset_sources", "invalid_competition_sources", "invalid_kernel_sources",
-                     "invalid_model_sources"):
-            value = getattr(answer, name, None)
-            if value:
-                invalid.append(f"{name.replace('invalid_', '').replace('_', ' ')}: {value}")
+        invalid = [f"{name.replace('_', ' ')}: {value}" for name in ("dataset_sources", "competition_sources",
+                                                                    "kernel_sources", "model_sources")
+                   if (value := getattr(answer, f"invalid_{name}", None))]
         version = int(getattr(answer, "version_number", 0) or 0)
         if invalid:
             raise KaggleError(self.scrub(
@@ -653,21 +642,14 @@ class KaggleSession:
 
     def submissions(self, competition: str = COMPETITION) -> list[SubmissionInfo]:
         rows = self.call(f"list submissions of {competition}", self.api.competition_submissions, competition) or []
-        out = []
-        for row in rows:
-            if row is None:
-                continue
-            out.append(SubmissionInfo(
-                ref=int(getattr(row, "ref", 0) or 0),
-                status=getattr(row.status, "name", str(row.status)),
-                description=getattr(row, "description", "") or "",
-                file_name=getattr(row, "file_name", "") or "",
-                date=str(getattr(row, "date", "") or ""),
-                public_score=str(getattr(row, "public_score", "") or ""),
-                private_score=str(getattr(row, "private_score", "") or ""),
-                error_description=getattr(row, "error_description", "") or "",
-            ))
-        return out
+
+        def text(row, name: str) -> str:
+            return str(getattr(row, name, "") or "")
+
+        return [SubmissionInfo(int(getattr(row, "ref", 0) or 0), getattr(row.status, "name", str(row.status)),
+                               *(text(row, name) for name in ("description", "file_name", "public_score",
+                                                             "private_score", "error_description")))
+                for row in rows if row is not None]
 
     def submit(self, csv: str | os.PathLike, message: str, competition: str = COMPETITION) -> int:
         """Upload and submit ``csv``; returns the submission's ref (0 if Kaggle gave none)."""

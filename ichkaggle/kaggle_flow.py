@@ -1,4 +1,5 @@
-"""Kaggle runs from this machine: render, push, follow, fetch, scale out over folds, submit.
+"""Kaggle runs from this machine: render, push, follow, fetch, submit (the whole resumable job
+built on these is ``kaggle_pipeline``).
 
 - :func:`render_kernel` / :func:`render_dataset`: a template folder (``kernels/<name>``,
   ``datasets/<name>``) -> a temporary folder with the user's slug in the metadata, the
@@ -6,11 +7,6 @@
   and no credential (checked);
 - :func:`push_kernels` / :func:`push_dataset`: push through :class:`~.kaggle_api.KaggleSession`,
   follow the versions with bounded backoff, download the outputs and the log;
-- :func:`run_pipeline`: one train kernel per fold (separate kernels, so Kaggle runs them in
-  parallel and the infer kernel can attach each one's output), then the infer kernel that
-  averages them, then the submission of its CSV; a JSON state file records every pushed
-  version and status, so running the same command again resumes where it stopped
-  (finished kernels are kept, failed ones pushed again);
 - :func:`check_csv` / :func:`submit_csv`: an invalid file is never uploaded.
 """
 
@@ -27,12 +23,11 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
-from .files import sha256_file, write_atomic
+from .files import sha256_file
 from .kaggle_api import COMPETITION, KERNEL_FAILED, PLACEHOLDER_OWNER, KaggleSession, KernelStatus
 
 TRAIN = "train"
 INFER = "infer"
-STATE_VERSION = 1
 
 
 def _print(message: str) -> None:
@@ -128,12 +123,9 @@ def kernel_config_name(config: str, layout: Layout) -> str:
     from .experiment import CONFIG_DIR
 
     stem = Path(config).stem if Path(config).suffix == ".toml" else Path(config).name
-    if (CONFIG_DIR / f"{stem}.toml").is_file() and (
-            not Path(config).is_file() or Path(config).read_bytes() == (CONFIG_DIR / f"{stem}.toml").read_bytes()):
-        return stem
-    bundled = layout.datasets / SRC_DATASET / f"{stem}.toml"
-    if bundled.is_file() and (not Path(config).is_file() or Path(config).read_bytes() == bundled.read_bytes()):
-        return stem
+    for known in (CONFIG_DIR / f"{stem}.toml", layout.datasets / SRC_DATASET / f"{stem}.toml"):
+        if known.is_file() and (not Path(config).is_file() or Path(config).read_bytes() == known.read_bytes()):
+            return stem
     raise UserError(f"config {config} is not in the bundle the kernels install: run "
                     f"`ichkaggle bundle --config {config}` and `ichkaggle push dataset {SRC_DATASET}` first")
 
@@ -254,21 +246,26 @@ class KernelJob:
         return bool(json.loads((self.template / "kernel-metadata.json").read_text()).get("enable_gpu", False))
 
 
-def kernel_jobs(name: str, owner: str, layout: Layout, config: str, folds: list[int]) -> list[KernelJob]:
-    """The kernels of template ``name``: one per fold when its script has ``FOLD``; one
-    attached to each fold's train kernel when it has ``FOLDS``; else the template as is."""
+def kernel_template(layout: Layout, name: str) -> tuple[Path, str, str]:
+    """(folder, slug, title) of the kernel template ``name``."""
     template = _template_dir(layout.kernels, name, "kernel-metadata.json")
     meta = json.loads((template / "kernel-metadata.json").read_text())
     slug = str(meta.get("id", "")).split("/")[-1]
-    title = str(meta.get("title") or slug)
+    return template, slug, str(meta.get("title") or slug)
+
+
+def kernel_jobs(name: str, owner: str, layout: Layout, config: str, folds: list[int]) -> list[KernelJob]:
+    """The kernels of template ``name``: one per fold when its script has ``FOLD``; one
+    attached to each fold's train kernel when it has ``FOLDS``; else the template as is."""
+    template, slug, title = kernel_template(layout, name)
+    meta = json.loads((template / "kernel-metadata.json").read_text())
     names = script_variables((template / meta.get("code_file", "")).read_text()) if meta.get("code_file") else set()
     common = {"CONFIG": kernel_config_name(config, layout)} if "CONFIG" in names else {}
     if "FOLD" in names:
         return [KernelJob(template.name, template, f"{slug}-fold{k}", f"{title} fold{k}", {**common, "FOLD": k})
                 for k in folds]
     if "FOLDS" in names:
-        train = _template_dir(layout.kernels, TRAIN, "kernel-metadata.json")
-        train_slug = str(json.loads((train / "kernel-metadata.json").read_text())["id"]).split("/")[-1]
+        train_slug = kernel_template(layout, TRAIN)[1]
         sources = tuple(f"{owner}/{train_slug}-fold{k}" for k in folds)
         return [KernelJob(template.name, template, slug, title, {**common, "FOLDS": list(folds)}, sources)]
     return [KernelJob(template.name, template, slug, title, common)]
@@ -291,18 +288,18 @@ class PushedKernel:
 def push_job(session: KaggleSession, job: KernelJob, owner: str, accelerator: str | None = None,
              keep: Path | None = None) -> PushedKernel | Path:
     """Render ``job`` and push it; with ``keep`` only render into that folder (a dry run)."""
-    if keep is not None:
-        dest = keep / job.slug
-        if dest.exists():
-            shutil.rmtree(dest)
+
+    def render(dest: Path) -> Path:
         return render_kernel(job.template, dest, owner, slug=job.slug, title=job.title, variables=job.variables,
                              kernel_sources=None if job.kernel_sources is None else list(job.kernel_sources),
                              secrets=_secrets(session))
+
+    if keep is not None:
+        if (keep / job.slug).exists():
+            shutil.rmtree(keep / job.slug)
+        return render(keep / job.slug)
     with tempfile.TemporaryDirectory(prefix="ichkaggle-kernel-") as tmp:
-        folder = render_kernel(job.template, Path(tmp) / job.slug, owner, slug=job.slug, title=job.title,
-                               variables=job.variables,
-                               kernel_sources=None if job.kernel_sources is None else list(job.kernel_sources),
-                               secrets=session.secrets)
+        folder = render(Path(tmp) / job.slug)
         pushed = session.push_kernel(folder, accelerator=accelerator if job.gpu else None)
     return PushedKernel(pushed.ref, pushed.version, pushed.url)
 

@@ -268,12 +268,17 @@ def kaggle_prepare(config: str | os.PathLike, input_root: str | os.PathLike = IN
 
 def earlier_session(input_root: str | os.PathLike, experiment, fold: int) -> Path | None:
     """The run folder of an attached earlier session of this fold that is not complete."""
-    for path in search(input_root, TRAIN_MANIFEST, max_depth=3):
-        manifest = json.loads(path.read_text())
-        if (manifest.get("kind") == "ichkaggle-train" and manifest.get("experiment") == experiment.name
-                and manifest.get("fold") == fold and not manifest.get("complete")):
-            return path.parent / f"fold{fold}"
+    for folder, manifest in _train_manifests(input_root):
+        if manifest.get("experiment") == experiment.name and manifest.get("fold") == fold and not manifest.get(
+                "complete"):
+            return folder / f"fold{fold}"
     return None
+
+
+def _train_manifests(input_root: str | os.PathLike) -> list[tuple[Path, dict]]:
+    """(folder, manifest) of every train kernel output attached under ``input_root``."""
+    manifests = [(path.parent, json.loads(path.read_text())) for path in search(input_root, TRAIN_MANIFEST, 3)]
+    return [(folder, m) for folder, m in manifests if m.get("kind") == "ichkaggle-train"]
 
 
 def session_time_limit(started: float) -> float:
@@ -386,11 +391,7 @@ def kaggle_train(
 
 def find_train_runs(input_root: str | os.PathLike = INPUT_ROOT) -> list[tuple[Path, dict]]:
     """(folder, manifest) of every train kernel output attached to this kernel, by fold."""
-    runs = []
-    for path in search(input_root, TRAIN_MANIFEST, max_depth=3):
-        manifest = json.loads(path.read_text())
-        if manifest.get("kind") == "ichkaggle-train":
-            runs.append((path.parent, manifest))
+    runs = _train_manifests(input_root)
     incomplete = [m["fold"] for _, m in runs if m.get("complete") is False]
     if incomplete:
         raise UserError(f"fold(s) {sorted(incomplete)} attached before they were complete: attach each fold's "
@@ -460,16 +461,10 @@ def kaggle_infer(
     if not report.ok:
         raise UserError(f"{submission} failed its check against {sample}")
     (output / INFER_MANIFEST).write_text(json.dumps({
-        "kind": "ichkaggle-infer",
-        "ichkaggle_version": __version__,
-        "experiment": experiment.name,
+        "kind": "ichkaggle-infer", "ichkaggle_version": __version__, "experiment": experiment.name,
         "folds": [m["fold"] for _, m in runs],
         "valid_weighted_log_loss": {str(m["fold"]): m.get("valid_weighted_log_loss") for _, m in runs},
-        "test_images": len(ok) + len(failed),
-        "unreadable": len(failed),
-        "check": report.lines(),
-        "sequence": scores,
-        "seconds": round(time.time() - started, 1),
-    }, indent=2) + "\n")
+        "test_images": len(ok) + len(failed), "unreadable": len(failed), "check": report.lines(),
+        "sequence": scores, "seconds": round(time.time() - started, 1)}, indent=2) + "\n")
     print(f"done: {submission}", flush=True)
     return submission

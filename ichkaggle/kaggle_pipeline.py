@@ -27,8 +27,9 @@ from typing import Callable
 from .errors import UserError
 from .files import sha256_file, write_atomic
 from .kaggle_api import COMPETITION, KERNEL_FAILED, KaggleError, KaggleSession
-from .kaggle_flow import (INFER, TRAIN, KernelJob, Layout, Polling, PushedKernel, _print, _template_dir, check_csv,
-                          experiment_folds, failure_text, follow, kernel_config_name, push_job, warn_if_stale)
+from .kaggle_flow import (INFER, TRAIN, KernelJob, Layout, Polling, PushedKernel, _print, check_csv,
+                          experiment_folds, failure_text, follow, kernel_config_name, kernel_template, push_job,
+                          warn_if_stale)
 
 PREPARE = "prepare"
 STATE_VERSION = 2
@@ -104,13 +105,6 @@ def _stage(session: KaggleSession, state: RunState, jobs: list[KernelJob], owner
 # ----------------------------------------------------------------------------- the kernels of a run
 
 
-def _template(layout: Layout, name: str) -> tuple[Path, str, str]:
-    template = _template_dir(layout.kernels, name, "kernel-metadata.json")
-    meta = json.loads((template / "kernel-metadata.json").read_text())
-    slug = str(meta.get("id", "")).split("/")[-1]
-    return template, slug, str(meta.get("title") or slug)
-
-
 def settings_key(experiment) -> str:
     """A short name of the image settings, so one prepare kernel serves every config sharing them."""
     from .kaggle_kernel import _image_settings
@@ -121,7 +115,7 @@ def settings_key(experiment) -> str:
 
 
 def prepare_job(layout: Layout, config: str, experiment) -> KernelJob:
-    template, slug, title = _template(layout, PREPARE)
+    template, slug, title = kernel_template(layout, PREPARE)
     key = settings_key(experiment)
     return KernelJob(PREPARE, template, f"{slug}-{key}", f"{title} {key}",
                      {"CONFIG": kernel_config_name(config, layout)}, (), fetch=r"^ichkaggle_prepare\.json$")
@@ -129,15 +123,15 @@ def prepare_job(layout: Layout, config: str, experiment) -> KernelJob:
 
 def session_job(owner: str, layout: Layout, config: str, fold: int, number: int, prepared: str) -> KernelJob:
     """Session ``number`` of a fold: attached to the prepared data and to the session before it."""
-    template, slug, title = _template(layout, TRAIN)
+    template, slug, title = kernel_template(layout, TRAIN)
     sources = [prepared] + ([f"{owner}/{slug}-fold{fold}-s{number - 1}"] if number > 1 else [])
     return KernelJob(TRAIN, template, f"{slug}-fold{fold}-s{number}", f"{title} fold{fold} s{number}",
                      {"CONFIG": kernel_config_name(config, layout), "FOLD": fold}, tuple(sources))
 
 
 def infer_job(owner: str, layout: Layout, config: str, sessions: dict[int, int], prepared: str) -> KernelJob:
-    template, slug, title = _template(layout, INFER)
-    _, train_slug, _ = _template(layout, TRAIN)
+    template, slug, title = kernel_template(layout, INFER)
+    _, train_slug, _ = kernel_template(layout, TRAIN)
     sources = [prepared] + [f"{owner}/{train_slug}-fold{k}-s{n}" for k, n in sorted(sessions.items())]
     return KernelJob(INFER, template, slug, title, {"FOLDS": sorted(sessions)}, tuple(sources))
 

@@ -68,7 +68,8 @@ def assemble_wide(split: SplitIds, values: np.ndarray, raw_ids=None, raw_values=
     n_img = len(split.image_ids)
     wide = np.zeros((n_img, 6), dtype=np.int8)
     wide[codes[valid], labs[valid]] = values[valid]
-    out = _wide_frame(split.image_ids, wide)
+    out = pd.DataFrame({"ID": np.asarray(split.image_ids, dtype=object),
+                        **{name: wide[:, j] for j, name in enumerate(LABELS)}})
     out.attrs["rows"] = int(len(codes))
     out.attrs["repeated_rows"] = int(valid.sum() - np.count_nonzero(counts))
     return out
@@ -109,12 +110,6 @@ def _images_lacking_labels(split: SplitIds, key, id_ok, first_line) -> list[str]
                 for img in short[:N_EXAMPLES]]
     return [f"{len(short)} images with fewer than six label rows: " + "; ".join(messages)
             + (", ..." if len(short) > N_EXAMPLES else "")]
-
-
-def _wide_frame(ids, array: np.ndarray) -> pd.DataFrame:
-    data = {"ID": np.asarray(ids, dtype=object)}
-    data.update({name: array[:, j] for j, name in enumerate(LABELS)})
-    return pd.DataFrame(data)
 
 
 def long_to_wide(long: pd.DataFrame, *, first_line: int | None = None) -> pd.DataFrame:

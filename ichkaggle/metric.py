@@ -2,8 +2,8 @@
 
 Per image, the binary cross-entropy of each of the six labels, ``any`` weighted 2 and
 each subtype 1, summed and divided by the weight sum (7), then averaged over images;
-predictions are clipped to ``[eps, 1 - eps]``. numpy only: the fastai wrapper converts
-tensors lazily, so importing this module never imports torch.
+predictions are clipped to ``[eps, 1 - eps]``. numpy only: importing it never imports torch
+(training computes the same loss on the device, ``training.DeviceLogLoss``).
 """
 
 from __future__ import annotations
@@ -65,12 +65,6 @@ def weighted_log_loss(y_true, y_pred, eps: float = EPS) -> float:
     y_true, y_pred = _check_arrays(y_true, y_pred)
     per_image = _bce(y_true, y_pred, eps) @ WEIGHTS / WEIGHTS.sum()
     return float(per_image.mean())
-
-
-def prior_rates(y_true) -> np.ndarray:
-    """Each label's positive rate: the best constant prediction under log loss."""
-    y_true = np.asarray(y_true, dtype=np.float64)
-    return y_true.mean(axis=0)
 
 
 # ---------------------------------------------------------------------------- long CSVs
@@ -144,21 +138,6 @@ def score_columns(pred_ids, pred_labels, truth_ids, truth_labels, *, eps: float 
                  n_images=len(y_true))
 
 
-def score_long(
-    pred: pd.DataFrame, truth: pd.DataFrame, *, eps: float = EPS, first_line: int | None = None
-) -> Score:
-    """Score long ``ID,Label`` tables, rows in any order (see :func:`score_columns`)."""
-    for name, table in (("predictions", pred), ("truth", truth)):
-        missing = [c for c in ("ID", "Label") if c not in table.columns]
-        if missing:
-            raise TableError(f"{name} table lacks column(s) {', '.join(missing)}")
-    return score_columns(
-        pred["ID"].to_numpy(dtype=object), pred["Label"].to_numpy(),
-        truth["ID"].to_numpy(dtype=object), truth["Label"].to_numpy(),
-        eps=eps, first_line=first_line,
-    )
-
-
 def score_files(pred_csv, truth_csv, *, eps: float = EPS) -> Score:
     """Score two long ``ID,Label`` CSVs (what ``ichkaggle score`` runs); messages name lines."""
     from .tables import read_long_columns
@@ -168,46 +147,8 @@ def score_files(pred_csv, truth_csv, *, eps: float = EPS) -> Score:
     return score_columns(pred_ids, pred_labels, truth_ids, truth_labels, eps=eps, first_line=2)
 
 
-# ---------------------------------------------------------------------------- fastai
-
-
-def _to_numpy(x) -> np.ndarray:
-    """A torch tensor (or anything array-like) as a float64 numpy array, lazily."""
-    if hasattr(x, "detach"):
-        x = x.detach()
-        if hasattr(x, "float"):
-            x = x.float()
-        x = x.cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
 def sigmoid(x) -> np.ndarray:
     """Numerically stable logistic function."""
     x = np.asarray(x, dtype=np.float64)
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-
-
-def fastai_metric(*, from_logits: bool = True, eps: float = EPS):
-    """A fastai metric ``f(preds, targs) -> float`` computing :func:`weighted_log_loss`.
-
-    fastai accepts a plain function as a metric (wrapped in ``AvgMetric``, averaged over
-    batches weighted by batch size -- exact for a per-image mean). With
-    ``BCEWithLogitsLossFlat`` (what ``vision_learner`` picks for multi-label targets) the
-    metric receives raw logits, hence ``from_logits=True`` applies the sigmoid; pass
-    False if the model already outputs probabilities. Predictions and targets must have
-    six columns in LABELS order. Nothing here imports torch.
-    """
-
-    def weighted_log_loss_metric(preds, targs):
-        p = _to_numpy(preds)
-        if from_logits:
-            p = sigmoid(p)
-        value = weighted_log_loss(_to_numpy(targs), p, eps)
-        # As a tensor when given tensors: distributed fastai gathers metric values across ranks.
-        as_tensor = getattr(preds, "new_tensor", None)
-        return as_tensor(value) if as_tensor is not None else value
-
-    weighted_log_loss_metric.__name__ = "weighted_log_loss"
-    weighted_log_loss_metric.__qualname__ = "weighted_log_loss"
-    return weighted_log_loss_metric

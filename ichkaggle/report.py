@@ -198,8 +198,6 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 def write_run_report(result, experiment: Experiment, table: pd.DataFrame, folder, dicom: bool = False,
                      extra: dict | None = None) -> Path:
     """The report of a finished training run, its montage read from the data it trained on."""
-    from dataclasses import replace
-
     from .images import slice_images
 
     rows = table.set_index("ID").loc[result.valid_ids].reset_index()

@@ -131,18 +131,13 @@ def _all_reduce(*values: torch.Tensor) -> list[torch.Tensor]:
     return list(values)
 
 
-class DeviceLogLoss(Metric):
-    """The competition metric summed on the device and read once per validation: no
-    synchronisation per batch (the numpy metric would copy every batch to the host)."""
+class _DeviceSum:
+    """A sum and a count kept on the device, read (and reduced across ranks) once per validation."""
 
     def reset(self):
         self.total, self.count = None, None
 
-    def accumulate(self, learn):
-        logits = learn.pred.float().clamp(-LOGIT_BOUND, LOGIT_BOUND)
-        per = F.binary_cross_entropy_with_logits(logits, learn.y.float(), reduction="none")
-        total = (per * per.new_tensor(WEIGHTS)).sum() / float(WEIGHTS.sum())
-        count = per.new_tensor(float(len(per)))
+    def _add(self, total, count):
         self.total, self.count = (total, count) if self.total is None else (self.total + total, self.count + count)
 
     @property
@@ -151,29 +146,28 @@ class DeviceLogLoss(Metric):
             return None
         total, count = _all_reduce(self.total.clone(), self.count.clone())
         return (total / count).item()
+
+
+class DeviceLogLoss(_DeviceSum, Metric):
+    """The competition metric summed on the device and read once per validation: no
+    synchronisation per batch (the numpy metric would copy every batch to the host)."""
+
+    def accumulate(self, learn):
+        logits = learn.pred.float().clamp(-LOGIT_BOUND, LOGIT_BOUND)
+        per = F.binary_cross_entropy_with_logits(logits, learn.y.float(), reduction="none")
+        self._add((per * per.new_tensor(WEIGHTS)).sum() / float(WEIGHTS.sum()), per.new_tensor(float(len(per))))
 
     @property
     def name(self):
         return "weighted_log_loss"
 
 
-class DeviceAvgLoss(AvgLoss):
+class DeviceAvgLoss(_DeviceSum, AvgLoss):
     """The validation loss, accumulated on the device (fastai's syncs every batch)."""
-
-    def reset(self):
-        self.total, self.count = None, None
 
     def accumulate(self, learn):
         total = learn.loss.detach().mean() * len(learn.yb[0])
-        count = total.new_tensor(float(len(learn.yb[0])))
-        self.total, self.count = (total, count) if self.total is None else (self.total + total, self.count + count)
-
-    @property
-    def value(self):
-        if self.total is None:
-            return None
-        total, count = _all_reduce(self.total.clone(), self.count.clone())
-        return (total / count).item()
+        self._add(total, total.new_tensor(float(len(learn.yb[0]))))
 
 
 class DeviceSmoothLoss(AvgSmoothLoss):

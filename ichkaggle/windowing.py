@@ -9,6 +9,7 @@ path of ``prepare`` is exactly the float reference, not an approximation of it.
 from __future__ import annotations
 
 from functools import lru_cache
+from types import SimpleNamespace
 from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
@@ -81,12 +82,8 @@ def apply_window(hu: np.ndarray, window: Window) -> np.ndarray:
     if hu.dtype.kind in "iu" and hu.dtype.itemsize <= 2:  # exact table lookup, same formula
         return window_stored(hu, _IDENTITY, (window,))[..., 0]
     if hu.dtype in (np.float32, np.float16):  # single precision: within 1 of the reference, 3x faster
-        return _window_float32(hu.astype(np.float32, copy=False), window)
+        return window_linear(hu.astype(np.float32, copy=False), 1.0, 0.0, (window,))[..., 0]
     return window_reference(hu, window)
-
-
-def _window_float32(hu: np.ndarray, window: Window) -> np.ndarray:
-    return window_linear(hu, 1.0, 0.0, (window,))[..., 0]
 
 
 def window_linear(stored: np.ndarray, slope: float, intercept: float, windows: Sequence[Window]) -> np.ndarray:
@@ -134,13 +131,7 @@ def stored_lut(dtype_str: str, slope: float, intercept: float, rsna_fix: bool, w
     return np.stack([window_reference(hu, w) for w in windows])
 
 
-class _Identity(NamedTuple):
-    slope: float = 1.0
-    intercept: float = 0.0
-    rsna_fix: bool = False
-
-
-_IDENTITY = _Identity()
+_IDENTITY = SimpleNamespace(slope=1.0, intercept=0.0, rsna_fix=False)  # HU as they are: a Rescale's fields
 
 
 def window_stored(stored: np.ndarray, rescale, windows: Sequence[Window] = DEFAULT_WINDOWS) -> np.ndarray:

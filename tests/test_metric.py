@@ -16,17 +16,7 @@ from hypothesis.extra.numpy import arrays
 from ichkaggle import LABELS
 from ichkaggle.errors import TableError
 from ichkaggle.labels import wide_to_long
-from ichkaggle.metric import (
-    EPS,
-    WEIGHTS,
-    fastai_metric,
-    per_label_log_loss,
-    prior_rates,
-    score_files,
-    score_long,
-    sigmoid,
-    weighted_log_loss,
-)
+from ichkaggle.metric import EPS, WEIGHTS, per_label_log_loss, score_columns, score_files, sigmoid, weighted_log_loss
 
 try:  # sklearn is a test-only reference; the plain reference below always runs
     from sklearn.metrics import log_loss as sklearn_log_loss
@@ -96,7 +86,7 @@ def test_perfect_predictions_score_about_zero(y_true):
     st.sampled_from([1e-7, 1e-4, 1e-2]),
 )
 def test_constant_prior_gives_the_entropy(y_true, eps):
-    rates = prior_rates(y_true)
+    rates = y_true.mean(axis=0)  # each label's positive rate: the best constant under log loss
     constant = np.tile(rates, (len(y_true), 1))
     p = np.clip(rates, eps, 1 - eps)
     entropy = -(rates * np.log(p) + (1 - rates) * np.log1p(-p))
@@ -137,14 +127,19 @@ def _long_tables(y_true, y_pred, ids=None):
     return wide_to_long(pred), wide_to_long(truth)
 
 
+def score_tables(pred: pd.DataFrame, truth: pd.DataFrame):
+    return score_columns(pred["ID"].to_numpy(object), pred["Label"].to_numpy(),
+                         truth["ID"].to_numpy(object), truth["Label"].to_numpy())
+
+
 @settings(max_examples=40)
 @given(truth_and_pred(), st.randoms(use_true_random=False))
-def test_score_long_equals_the_array_metric_in_any_row_order(data, rnd):
+def test_score_tables_equals_the_array_metric_in_any_row_order(data, rnd):
     y_true, y_pred = data
     pred, truth = _long_tables(y_true, y_pred)
     pred = pred.sample(frac=1, random_state=rnd.randint(0, 2**31)).reset_index(drop=True)
     truth = truth.sample(frac=1, random_state=rnd.randint(0, 2**31)).reset_index(drop=True)
-    result = score_long(pred, truth)
+    result = score_tables(pred, truth)
     assert result.score == pytest.approx(weighted_log_loss(y_true, y_pred), rel=1e-12)
     assert result.per_label == pytest.approx(per_label_log_loss(y_true, y_pred), rel=1e-12)
     assert result.n_images == len(y_true)
@@ -153,7 +148,7 @@ def test_score_long_equals_the_array_metric_in_any_row_order(data, rnd):
 
 @settings(max_examples=25, deadline=None)
 @given(truth_and_pred(max_n=10), st.booleans())
-def test_score_files_equals_score_long(tmp_path_factory, data, quoted):
+def test_score_files_equals_score_tables(tmp_path_factory, data, quoted):
     y_true, y_pred = data
     pred, truth = _long_tables(y_true, y_pred)
     folder = tmp_path_factory.mktemp("score")
@@ -161,7 +156,7 @@ def test_score_files_equals_score_long(tmp_path_factory, data, quoted):
     pred.to_csv(folder / "pred.csv", index=False, quoting=quoting)
     truth.to_csv(folder / "truth.csv", index=False, quoting=quoting)
     from_files = score_files(folder / "pred.csv", folder / "truth.csv")
-    assert from_files.score == pytest.approx(score_long(pred, truth).score, rel=1e-9)
+    assert from_files.score == pytest.approx(score_tables(pred, truth).score, rel=1e-9)
 
 
 def test_score_files_errors_name_lines_and_ids(tmp_path):
@@ -185,85 +180,40 @@ def small():
     return _long_tables(y_true, np.full((3, 6), 0.25))
 
 
-def test_score_long_names_ids_missing_in_either(small):
+def test_score_tables_names_ids_missing_in_either(small):
     pred, truth = small
     with pytest.raises(TableError) as info:
-        score_long(pred.iloc[1:], truth)
+        score_tables(pred.iloc[1:], truth)
     assert "missing from the predictions" in str(info.value)
     assert "ID_000000000_epidural" in str(info.value)
     extra = pd.concat([pred, pd.DataFrame({"ID": ["ID_fff_any"], "Label": [0.5]})])
     with pytest.raises(TableError, match="ID_fff_any"):
-        score_long(extra, truth)
+        score_tables(extra, truth)
     with pytest.raises(TableError, match="repeated IDs in the predictions"):
-        score_long(pd.concat([pred, pred.iloc[:1]]), truth)
+        score_tables(pd.concat([pred, pred.iloc[:1]]), truth)
 
 
-def test_score_long_rejects_bad_prediction_values(small):
+def test_score_tables_rejects_bad_prediction_values(small):
     pred, truth = small
     pred = pred.astype({"Label": object})
     pred.loc[4, "Label"] = "abc"
     pred.loc[5, "Label"] = 1.5
     with pytest.raises(TableError) as info:
-        score_long(pred, truth)
+        score_tables(pred, truth)
     assert "2 Label values" in str(info.value) and "'abc'" in str(info.value)
 
 
-def test_score_long_rejects_bad_truth(small):
+def test_score_tables_rejects_bad_truth(small):
     pred, truth = small
     truth = truth.astype({"Label": float})
     truth.loc[0, "Label"] = 0.5
     with pytest.raises(TableError, match="(?s)truth: .*not 0 or 1"):
-        score_long(pred, truth)
-    with pytest.raises(TableError, match="lacks column"):
-        score_long(pred[["ID"]], truth)
-
-
-# ---------------------------------------------------------------------------- fastai wrapper
-
-
-class FakeTensor:
-    """Just the tensor methods the wrapper uses, so the test needs no torch."""
-
-    def __init__(self, array):
-        self.array = np.asarray(array)
-
-    def detach(self):
-        return self
-
-    def float(self):
-        return FakeTensor(self.array.astype(np.float32))
-
-    def cpu(self):
-        return self
-
-    def numpy(self):
-        return self.array
-
-
-@given(truth_and_pred(max_n=16, pred_elements=st.floats(-12, 12)))
-def test_fastai_metric_applies_sigmoid_to_logits(data):
-    y_true, logits = data
-    metric = fastai_metric()
-    expected = weighted_log_loss(y_true, sigmoid(logits.astype(np.float32)))
-    assert metric(FakeTensor(logits), FakeTensor(y_true)) == pytest.approx(expected, rel=1e-6)
-    probs = fastai_metric(from_logits=False)
-    assert probs(sigmoid(logits), y_true) == pytest.approx(weighted_log_loss(y_true, sigmoid(logits)))
-    assert metric.__name__ == "weighted_log_loss"
+        score_tables(pred, truth)
 
 
 def test_sigmoid_is_stable_for_large_logits():
     out = sigmoid(np.array([-1000.0, 0.0, 1000.0]))
     np.testing.assert_allclose(out, [0.0, 0.5, 1.0])
-
-
-@pytest.mark.torch
-def test_fastai_metric_with_torch_tensors():
-    import torch
-
-    logits = torch.tensor([[3.0, -2.0, 0.5, -1.0, 2.0, -3.0]], requires_grad=True)
-    targs = torch.tensor([[1.0, 0.0, 1.0, 0.0, 1.0, 0.0]])
-    expected = weighted_log_loss(targs.numpy(), sigmoid(logits.detach().numpy()))
-    assert fastai_metric()(logits, targs) == pytest.approx(expected, rel=1e-6)
 
 
 def test_importing_the_metric_does_not_import_torch():

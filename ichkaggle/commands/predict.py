@@ -17,7 +17,7 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="the experiment the weights were trained with")
     parser.add_argument("--weights", required=True, nargs="+", metavar="W",
-                        help="model weights (RUN/models/final.pth), one per fold: averaged")
+                        help="model weights (RUN/models/final.pth: the run's best epoch), one per fold: averaged")
     parser.add_argument("--prepared", required=True, metavar="DIR", help="ichkaggle prepare output for the test slices")
     parser.add_argument("--sample", required=True, metavar="CSV", help="stage_2_sample_submission.csv")
     parser.add_argument("--out", default="submission.csv", metavar="CSV", help="the submission to write")

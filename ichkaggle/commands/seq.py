@@ -1,4 +1,4 @@
-"""The sequence stage: a bi-GRU over each series, trained on the out-of-fold table (ichkaggle embed).
+"""The sequence stage: a bi-GRU or 1-D convolutions over each series, trained on the out-of-fold table.
 
   ichkaggle seq train --config C --embeddings DIR --out SEQ
       k models, one per fold of the out-of-fold table (the CNN's folds, by patient); prints
