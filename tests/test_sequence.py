@@ -15,6 +15,7 @@ from ichkaggle.cli import main
 from ichkaggle.errors import UserError
 from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig, SequenceConfig
 from ichkaggle.series import neighbours
+from .conftest import tiny_prepared
 
 pytestmark = pytest.mark.torch
 
@@ -111,21 +112,10 @@ def _experiment(**sequence) -> Experiment:
 @pytest.fixture(scope="module")
 def two_folds(tmp_path_factory):
     """Both folds of a tiny experiment trained on synthetic slices, and the test slices prepared."""
-    from ichkaggle.folds import add_fold_column
-    from ichkaggle.labels import read_labels_csv
-    from ichkaggle.prepare import PrepareSettings, prepare
-    from ichkaggle.prepared import read_slices
-    from ichkaggle.synth import load_config, synthesize
     from ichkaggle.training import train
 
     root = tmp_path_factory.mktemp("seq")
-    synthesize(root / "data", 60, 24, seed=4, config=load_config(size=64, slices_min=10, slices_max=12),
-               show_progress=False)
-    for split in ("train", "test"):
-        prepare(root / "data" / f"stage_2_{split}", root / split, PrepareSettings(size=32), workers=1,
-                show_progress=False, pack=True)
-    slices, _ = read_slices(root / "train")
-    table = add_fold_column(slices.assign(status="ok"), read_labels_csv(root / "data" / "stage_2_train.csv"), k=2)
+    table = tiny_prepared(root, 60, 24, seed=4, slices=(10, 12))
     experiment = _experiment()
     config = root / "tinyseq.toml"
     config.write_text(experiment.to_toml())

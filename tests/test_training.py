@@ -12,6 +12,7 @@ import pytest
 from ichkaggle.cli import main
 from ichkaggle.errors import UserError
 from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig
+from .conftest import tiny_prepared
 
 pytestmark = pytest.mark.torch  # the train tox env runs these; the core env has no torch
 
@@ -38,20 +39,8 @@ def tiny_experiment(epochs=2, lr=3e-3, tta=True, augment=True, weights="", phase
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """64 synthetic train slices prepared at 32 px (packed), with labels and two patient folds."""
-    from ichkaggle.folds import add_fold_column
-    from ichkaggle.labels import read_labels_csv
-    from ichkaggle.prepare import PrepareSettings, prepare
-    from ichkaggle.prepared import read_slices
-    from ichkaggle.synth import load_config, synthesize
-
     root = tmp_path_factory.mktemp("tiny")
-    synthesize(root / "data", 64, 12, seed=3, config=load_config(size=64, slices_min=8, slices_max=10),
-               show_progress=False)
-    for split in ("train", "test"):
-        prepare(root / "data" / f"stage_2_{split}", root / split, PrepareSettings(size=32), workers=1,
-                show_progress=False, pack=True)
-    slices, _ = read_slices(root / "train")
-    folds = add_fold_column(slices.assign(status="ok"), read_labels_csv(root / "data" / "stage_2_train.csv"), k=2)
+    folds = tiny_prepared(root, 64, 12, seed=3, slices=(8, 10))
     return root, folds
 
 
