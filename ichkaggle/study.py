@@ -95,12 +95,19 @@ def load_models(folder: str | os.PathLike) -> list:
     return models
 
 
-def sequence_stage(oof: SliceTable, test: SliceTable, experiment: Experiment, out: str | os.PathLike | None = None):
-    """Train the sequence models on the out-of-fold table and predict the test slices:
-    (test probabilities, the out-of-fold scores with the seconds it took)."""
+def train_stage(oof: SliceTable, experiment: Experiment, out: str | os.PathLike | None = None):
+    """Train the sequence models on the out-of-fold table, saved to ``out`` when given:
+    (the training result, its out-of-fold scores with the seconds it took)."""
     result = train_sequence(oof, experiment.sequence)
     scores = {**result.scores, "seconds": round(result.seconds, 1), "series": int(len(set(oof.series))),
               "slices": int(len(oof.ids))}
     if out is not None:
         save_models(result.models, experiment, scores, out)
+    return result, scores
+
+
+def sequence_stage(oof: SliceTable, test: SliceTable, experiment: Experiment, out: str | os.PathLike | None = None):
+    """Train the sequence models on the out-of-fold table and predict the test slices:
+    (test probabilities, the out-of-fold scores with the seconds it took)."""
+    result, scores = train_stage(oof, experiment, out)
     return predict_test(result.models, test, experiment.sequence.batch_series), scores, result.oof

@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UserError
     from ..experiment import load_experiment
     from ..prepared import read_slices
     from ..study import OOF, TEST, out_of_fold, test_slices
@@ -42,5 +43,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"test: {len(test.ids)} slices ({len(failed)} failed to prepare) -> {out / TEST}")
     if args.sample:
         path, check = write_checked(out / "submission_2d.csv", test.ids, calibrated, args.sample, fill_rates(weights))
-        print("\n".join(check.lines()) + f"\nthe CNN alone: {path}")
+        print("\n".join(check.lines()))
+        if not check.ok:
+            raise UserError(f"{path} is not a valid submission (see above)")
+        print(f"the CNN alone: {path}")
     return 0

@@ -30,16 +30,13 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..experiment import load_experiment
     from ..sequence import SliceTable, predict_test
-    from ..study import OOF, TEST, load_models, save_models
+    from ..study import OOF, TEST, load_models, train_stage
     from ..submission import write_checked
 
     experiment = load_experiment(args.config)
     folder = Path(args.embeddings)
     if args.action == "train":
-        from ..sequence import train_sequence
-
-        result = train_sequence(SliceTable.load(folder / OOF), experiment.sequence)
-        save_models(result.models, experiment, {**result.scores, "seconds": round(result.seconds, 1)}, args.out)
+        result, _ = train_stage(SliceTable.load(folder / OOF), experiment, args.out)
         print(f"out-of-fold weighted log loss: CNN alone {result.scores['cnn_oof']:.4f}, with the sequence stage "
               f"{result.scores['sequence_oof']:.4f} ({result.seconds:.0f}s); models in {args.out}")
         return 0
