@@ -65,6 +65,12 @@ class DataConfig:
     #: "auto": JPEG batches decode on the GPU (nvJPEG) when training on one; "cpu": in the workers
     decode: str = "auto"
 
+    def epoch_samples(self, n: int) -> int:
+        """Training images in one epoch of a set of ``n`` (what ``samples_per_epoch`` means)."""
+        if self.samples_per_epoch == 1:
+            return n
+        return int(self.samples_per_epoch if self.samples_per_epoch > 1 else round(self.samples_per_epoch * n))
+
 
 @dataclass(frozen=True)
 class Phase:

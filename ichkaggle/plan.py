@@ -131,8 +131,7 @@ def make_plan(experiment, folds: int, accelerator: str, *, records: str | os.Pat
         ips, source = reference * (224 / data.size) ** 2, REFERENCE_SOURCE
     fold_train = round(train_images * (data.n_folds - 1) / data.n_folds)
     valid_fold = train_images - fold_train
-    per_epoch = fold_train if data.samples_per_epoch == 1 else int(
-        data.samples_per_epoch if data.samples_per_epoch > 1 else round(data.samples_per_epoch * fold_train))
+    per_epoch = data.epoch_samples(fold_train)
     valid = data.valid_samples or valid_fold
     epochs = sum(p.epochs for p in experiment.phases)
     tta = (experiment.predict.tta_n + 1) if experiment.predict.tta else 1

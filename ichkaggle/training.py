@@ -103,9 +103,7 @@ def loader(experiment: Experiment, images, targets=None, *, train: bool = False,
                   after_batch=batch_transforms(experiment))
     if train:
         targets = np.asarray(targets)
-        n = len(images)
-        samples = None if data.samples_per_epoch == 1 else int(
-            data.samples_per_epoch if data.samples_per_epoch > 1 else round(data.samples_per_epoch * n))
+        samples = None if data.samples_per_epoch == 1 else data.epoch_samples(len(images))
         weights = None
         if data.weighted_sampler:
             positive = targets.sum(axis=1) > 0
