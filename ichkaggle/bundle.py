@@ -1,14 +1,9 @@
 """The package as a Kaggle dataset: a reproducible wheel + the configs, checked for credentials.
 
-``build_bundle`` writes ``datasets/ichkaggle-src/``: ``ichkaggle-<version>-py3-none-any.whl``
-(built here with :mod:`zipfile`: sorted entries, one fixed timestamp, fixed permissions,
-stored uncompressed, so the same source gives the same bytes on any machine), the
-experiment TOMLs next to it, ``SHA256SUMS`` and ``dataset-metadata.json`` with the owner's
-slug. Only allow-listed files go in (the package's ``*.py`` and its package data); before
-anything is written, every file of the package tree is checked and the build is refused,
-naming the file, if one looks like a credential: a name such as ``kaggle.json`` or ``.env``,
-the current Kaggle key anywhere in the content, or a ``"key": "<32 hex>"`` /
-``KAGGLE_KEY=<32 hex>`` pattern.
+What ``build_bundle`` writes and what it refuses is told by ``ichkaggle bundle --help``
+(commands/bundle.py); the credential checks are ``CREDENTIAL_NAMES`` and ``CREDENTIAL_PATTERNS``.
+The wheel is built here with :mod:`zipfile` (sorted entries, one fixed timestamp, fixed
+permissions, stored uncompressed), so the same source gives the same bytes on any machine.
 """
 
 from __future__ import annotations
@@ -27,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .files import sha256_file, write_atomic
+from .files import write_atomic
 
 SRC_DATASET = "ichkaggle-src"
 #: 1980-01-01T00:00:00Z: the earliest time a zip entry can hold; SOURCE_DATE_EPOCH overrides it
@@ -131,14 +126,10 @@ def package_files(project: Project) -> tuple[list[Path], list[Path]]:
 # ----------------------------------------------------------------------------- credentials
 
 
-def looks_like_credential_name(name: str) -> bool:
-    lower = name.lower()
-    return lower in CREDENTIAL_NAMES or lower.endswith(".env") or lower.startswith(".env.")
-
-
 def credential_reason(path: Path, secrets: list[str], check_content: bool = True) -> str | None:
     """Why ``path`` looks like a credential, or None."""
-    if looks_like_credential_name(path.name):
+    lower = path.name.lower()
+    if lower in CREDENTIAL_NAMES or lower.endswith(".env") or lower.startswith(".env."):
         return f"its name ({path.name}) is a credential file's"
     if not check_content:
         return None
@@ -189,12 +180,8 @@ def _record_hash(data: bytes) -> str:
 
 def _metadata_text(project: Project) -> str:
     lines = ["Metadata-Version: 2.1", f"Name: {project.name}", f"Version: {project.version}"]
-    if project.summary:
-        lines.append(f"Summary: {project.summary}")
-    if project.license:
-        lines.append(f"License: {project.license}")
-    if project.requires_python:
-        lines.append(f"Requires-Python: {project.requires_python}")
+    optional = {"Summary": project.summary, "License": project.license, "Requires-Python": project.requires_python}
+    lines += [f"{key}: {value}" for key, value in optional.items() if value]
     lines += [f"Requires-Dist: {dep}" for dep in project.dependencies]
     for extra, deps in project.extras.items():
         lines.append(f"Provides-Extra: {extra}")
@@ -207,9 +194,7 @@ def wheel_bytes(project: Project, files: list[Path], epoch: int | None = None) -
     epoch = source_epoch() if epoch is None else max(DEFAULT_EPOCH, epoch)
     stamp = time.gmtime(epoch)[:6]
     dist_info = f"{project.name}-{project.version}.dist-info"
-    entries: list[tuple[str, bytes]] = []
-    for path in sorted(files, key=lambda p: p.relative_to(project.root).as_posix()):
-        entries.append((path.relative_to(project.root).as_posix(), path.read_bytes()))
+    entries = sorted((path.relative_to(project.root).as_posix(), path.read_bytes()) for path in files)
     entries.append((f"{dist_info}/METADATA", _metadata_text(project).encode()))
     entries.append((f"{dist_info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: ichkaggle.bundle\n"
                                           b"Root-Is-Purelib: true\nTag: py3-none-any\n"))
@@ -226,7 +211,6 @@ def wheel_bytes(project: Project, files: list[Path], epoch: int | None = None) -
             info = zipfile.ZipInfo(name, date_time=stamp)
             info.create_system = 3  # unix, whatever builds it
             info.external_attr = 0o100644 << 16
-            info.compress_type = zipfile.ZIP_STORED
             archive.writestr(info, data)
     return buffer.getvalue()
 
@@ -306,33 +290,22 @@ def build_bundle(
         names[path.name] = path
 
     out.mkdir(parents=True, exist_ok=True)
-    template_path = out / "dataset-metadata.json"
-    if not template_path.is_file():
-        template_path = project.root / "datasets" / SRC_DATASET / "dataset-metadata.json"
-    template = json.loads(template_path.read_text()) if template_path.is_file() else dict(DEFAULT_METADATA)
+    templates = (out / "dataset-metadata.json", project.root / "datasets" / SRC_DATASET / "dataset-metadata.json")
+    template = next((json.loads(p.read_text()) for p in templates if p.is_file()), DEFAULT_METADATA)
     meta = render_dataset_metadata(template, owner, SRC_DATASET)
 
-    wheel = out / project.wheel_name
-    write_atomic(wheel, wheel_bytes(project, allowed, epoch))
-    written = [wheel]
-    for name, path in sorted(names.items()):
-        write_atomic(out / name, path.read_bytes())
-        written.append(out / name)
-    write_atomic(out / "dataset-metadata.json", metadata_json(meta).encode())
-    written.append(out / "dataset-metadata.json")
-    sha = {p.name: sha256_file(p) for p in written}
-    sums = "".join(f"{digest}  {name}\n" for name, digest in sorted(sha.items()))
-    write_atomic(out / "SHA256SUMS", sums.encode())
-    written.append(out / "SHA256SUMS")
-    keep = {p.name for p in written}
-    removed = []
-    for path in sorted(out.iterdir()):
-        stale = fnmatch.fnmatch(path.name, f"{project.name}-*.whl") or path.suffix == ".toml"
-        if path.is_file() and stale and path.name not in keep:
-            path.unlink()
-            removed.append(path)
+    contents = {project.wheel_name: wheel_bytes(project, allowed, epoch)}
+    contents.update((name, path.read_bytes()) for name, path in sorted(names.items()))
+    contents["dataset-metadata.json"] = metadata_json(meta).encode()
+    sha = {name: hashlib.sha256(data).hexdigest() for name, data in contents.items()}
+    contents["SHA256SUMS"] = "".join(f"{digest}  {name}\n" for name, digest in sorted(sha.items())).encode()
+    written = [write_atomic(out / name, data) for name, data in contents.items()]
+    removed = [path for path in sorted(out.iterdir()) if path.is_file() and path.name not in contents
+               and (fnmatch.fnmatch(path.name, f"{project.name}-*.whl") or path.suffix == ".toml")]
+    for path in removed:
+        path.unlink()
     refuse_credentials(written, secrets, out)  # belt and braces: nothing written carries the key
-    return BundleResult(out, wheel, written, sha, [p.relative_to(project.root) for p in other], removed)
+    return BundleResult(out, written[0], written, sha, [p.relative_to(project.root) for p in other], removed)
 
 
 def dataset_files(folder: Path, name: str) -> list[Path]:
@@ -341,10 +314,9 @@ def dataset_files(folder: Path, name: str) -> list[Path]:
         SRC_DATASET: ("ichkaggle-*.whl", "*.toml", "SHA256SUMS"),
         "ichkaggle-timm-weights": ("*.safetensors", "SHA256SUMS"),
     }.get(name)
-    def uploaded(path: Path) -> bool:
-        if patterns is None:
-            return path.suffix not in (".py", ".md")
-        return any(fnmatch.fnmatch(path.name, p) for p in patterns)
+
+    def uploaded(path: Path) -> bool:  # another dataset: all but its notes and scripts
+        return any(fnmatch.fnmatch(path.name, p) for p in patterns) if patterns else path.suffix not in (".py", ".md")
 
     return [path for path in sorted(folder.iterdir()) if path.is_file() and path.name != "dataset-metadata.json"
             and not path.name.startswith(".") and uploaded(path)]
