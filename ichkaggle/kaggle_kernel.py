@@ -46,14 +46,14 @@ SKIP_DIRS = frozenset({"stage_2_train", "stage_2_test", "stage_1_train_images", 
 # ----------------------------------------------------------------------------- finding things
 
 
-def search(root: str | os.PathLike, name: str, max_depth: int = 4, want_dirs: bool = False) -> list[Path]:
-    """Files (or folders holding a file) called ``name`` under ``root``, breadth first, bounded."""
+def search(root: str | os.PathLike, name: str, max_depth: int = 4) -> list[Path]:
+    """Files called ``name`` under ``root``, breadth first, bounded."""
     found = []
     queue = deque([(Path(root), 0)])
     while queue:
         folder, depth = queue.popleft()
         if (folder / name).is_file():
-            found.append(folder if want_dirs else folder / name)
+            found.append(folder / name)
         if depth >= max_depth:
             continue
         try:
@@ -75,13 +75,13 @@ def find_competition_dir(input_root: str | os.PathLike = INPUT_ROOT) -> Path:
     """The folder holding ``stage_2_train.csv`` (and the rest of the competition files)."""
     from .demo import check_competition_dir
 
-    found = search(input_root, "stage_2_train.csv", max_depth=4, want_dirs=True)
+    found = search(input_root, "stage_2_train.csv", max_depth=4)
     if not found:
         from .kaggle_api import COMPETITION
 
         raise UserError(f"no stage_2_train.csv under {input_root}: attach the competition {COMPETITION} to the kernel")
-    check_competition_dir(found[0])
-    return found[0]
+    check_competition_dir(found[0].parent)
+    return found[0].parent
 
 
 def resolve_config(config: str | os.PathLike, input_root: str | os.PathLike = INPUT_ROOT) -> Path:
@@ -93,9 +93,7 @@ def resolve_config(config: str | os.PathLike, input_root: str | os.PathLike = IN
         return path
     stem = path.name if path.suffix == ".toml" else f"{path.name}.toml"
     found = search(input_root, stem, max_depth=3)
-    if found:
-        return found[0]
-    return resolve_path(config)
+    return found[0] if found else resolve_path(config)
 
 
 def resolve_weights(experiment, input_root: str | os.PathLike = INPUT_ROOT):
@@ -176,49 +174,33 @@ def attached_prepared(experiment, input_root: str | os.PathLike) -> Path | None:
 
 def split_inputs(experiment, competition: Path, split: str, scratch: Path, workers: int | None,
                  input_root: str | os.PathLike = INPUT_ROOT):
-    """(metadata table, folder of the images) of ``train`` or ``test``: the DICOM headers and
-    folder for ``source = "dicom"``; else the attached prepare output, else one prepared here."""
+    """(metadata table, folder of the images, failed IDs) of ``train`` or ``test``: the DICOM headers
+    and folder for ``source = "dicom"``; else the attached prepare output, else one prepared here."""
     source = competition / f"stage_2_{split}"
     if experiment.data.source == "dicom":
-        meta = dicom_metadata(source, workers)
-        ok = meta["status"] == "ok"
-        return meta[ok].reset_index(drop=True), source, meta.loc[~ok, "ID"].tolist()
-    from .prepare import prepare
-    from .prepared import read_slices
+        meta, folder = dicom_metadata(source, workers), source
+    else:
+        from .prepare import prepare
+        from .prepared import read_slices
 
-    attached = attached_prepared(experiment, input_root)
-    if attached is not None:
-        print(f"  {split}: prepared data attached at {attached / split}", flush=True)
-        table, failed = read_slices(attached / split)
-        return table.assign(status="ok"), attached / split, failed
-    print(f"  {split}: no prepared data attached: preparing it here (attach a prepare kernel's output to "
-          "spare this session the time)", flush=True)
-    result = prepare(source, scratch / split, _image_settings(experiment), workers=workers, show_progress=False,
-                     pack=True)
-    print("  " + result.describe().replace("\n", "\n  "), flush=True)
-    meta = result.metadata
-    return meta[meta["status"] == "ok"].reset_index(drop=True), scratch / split, meta.loc[
-        meta["status"] != "ok", "ID"].tolist()
+        attached = attached_prepared(experiment, input_root)
+        if attached is not None:
+            print(f"  {split}: prepared data attached at {attached / split}", flush=True)
+            table, failed = read_slices(attached / split)
+            return table.assign(status="ok"), attached / split, failed
+        print(f"  {split}: no prepared data attached: preparing it here (attach a prepare kernel's output to "
+              "spare this session the time)", flush=True)
+        result = prepare(source, scratch / split, _image_settings(experiment), workers=workers, show_progress=False,
+                         pack=True)
+        print("  " + result.describe().replace("\n", "\n  "), flush=True)
+        meta, folder = result.metadata, scratch / split
+    ok = meta["status"] == "ok"
+    return meta[ok].reset_index(drop=True), folder, meta.loc[~ok, "ID"].tolist()
 
 
 def _env_workers() -> int | None:
     value = os.environ.get("ICHKAGGLE_WORKERS")
     return int(value) if value else None
-
-
-def _versions() -> str:
-    """Python, torch and GPU of the machine: the first lines of a Kaggle log to look at."""
-    import platform
-
-    text = f"python {platform.python_version()}"
-    try:
-        import torch
-
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-        text += f", torch {torch.__version__}, {gpu}"
-    except ImportError:
-        text += ", no torch"
-    return text
 
 
 def _scratch(scratch) -> Path:
@@ -229,9 +211,20 @@ def _scratch(scratch) -> Path:
 
 
 def _banner(what: str) -> None:
+    """Version, Python, torch and GPU of the machine: the first line of a Kaggle log to look at."""
+    import platform
+
     from . import __version__
 
-    print(f"ichkaggle {__version__} ({_versions()}): {what}", flush=True)
+    versions = f"python {platform.python_version()}"
+    try:
+        import torch
+
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+        versions += f", torch {torch.__version__}, {gpu}"
+    except ImportError:
+        versions += ", no torch"
+    print(f"ichkaggle {__version__} ({versions}): {what}", flush=True)
 
 
 def kaggle_prepare(config: str | os.PathLike, input_root: str | os.PathLike = INPUT_ROOT,
@@ -258,8 +251,7 @@ def kaggle_prepare(config: str | os.PathLike, input_root: str | os.PathLike = IN
             raise UserError(f"the prepared train split takes {size / 1e9:.1f} GB: with test it would pass Kaggle's "
                             f"20 GB output limit; use JPEG or a smaller [data] size")
     manifest = {"kind": "ichkaggle-prepare", "settings": settings.as_json(), "counts": counts,
-                "bytes": sum(p.stat().st_size for p in output.rglob("*") if p.is_file()),
-                "seconds": round(time.time() - started, 1)}
+                "bytes": size, "seconds": round(time.time() - started, 1)}
     path = output / PREPARE_MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"done: {manifest['bytes'] / 1e9:.2f} GB in {output}", flush=True)
@@ -434,8 +426,7 @@ def kaggle_infer(
     folder0, manifest0 = runs[0]
     experiment = load_experiment(folder0 / manifest0["config"])
     weights = [str(folder / m["weights"]) for folder, m in runs]
-    print(f"ichkaggle {__version__} ({_versions()}): infer {experiment.name}, "
-          f"folds {[m['fold'] for _, m in runs]} on {competition}", flush=True)
+    _banner(f"infer {experiment.name}, folds {[m['fold'] for _, m in runs]} on {competition}")
 
     ok, folder, failed = split_inputs(experiment, competition, "test", scratch, workers, input_root)
 
