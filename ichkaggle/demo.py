@@ -203,8 +203,6 @@ def score_all(submissions: dict, truth: Path, ids, rates, sample: Path, workdir:
     from .submission import write_submission
 
     prior = write_submission(workdir / "prior_submission.csv", ids, np.tile(rates, (len(ids), 1)), sample)
-    names = {"2d": "CNN alone (submission_2d)", "context": "study context (submission)"}
-    if "context" not in submissions:
-        names["2d"] = "CNN alone (submission)"
+    names = {"2d": "CNN alone", "context": "study context"}  # then the file: (submission_2d) or (submission)
     return {"constant prior (training rates)": score_files(prior, truth).score,
-            **{names[k]: score_files(path, truth).score for k, path in submissions.items()}}
+            **{f"{names[k]} ({path.stem})": score_files(path, truth).score for k, path in submissions.items()}}

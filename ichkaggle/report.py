@@ -100,11 +100,8 @@ def pick_examples(targets: np.ndarray, n: int = 18, seed: int = 0) -> list[int]:
 
 
 def _phase_line(phase) -> str:
-    call = (
-        f"fit_one_cycle({phase.epochs}, lr={phase.lr:g})"
-        if phase.schedule == "one_cycle"
-        else f"fit_flat_cos({phase.epochs}, lr={phase.lr:g}, pct_start={phase.pct_start:g})"
-    )
+    call = (f"fit_one_cycle({phase.epochs}, lr={phase.lr:g})" if phase.schedule == "one_cycle"
+            else f"fit_flat_cos({phase.epochs}, lr={phase.lr:g}, pct_start={phase.pct_start:g})")
     return f"{'frozen body' if phase.freeze else 'unfrozen'}, {phase.optimizer}, {call}"
 
 
@@ -125,10 +122,8 @@ def write_report(
     montage(images, targets, preds, run_dir / "montage.png")
     d, m = experiment.data, experiment.model
     transforms = [f"flip={d.flip}", f"rotate<={d.max_rotate:g}", f"zoom<={d.max_zoom:g}"]
-    if d.max_warp:
-        transforms.append(f"warp<={d.max_warp:g}")
-    if d.max_lighting:
-        transforms.append(f"lighting<={d.max_lighting:g}")
+    optional = {"warp": d.max_warp, "lighting": d.max_lighting}  # shown only when on
+    transforms += [f"{name}<={value:g}" for name, value in optional.items() if value]
     weights = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "models").glob("*.pth"))
     per_label = metrics.get("valid_per_label", {})
     lines = [
@@ -166,10 +161,8 @@ def write_report(
     if metrics.get("beats_prior") is False:
         lines += ["> **Warning**: on validation this model does not beat predicting the label rates; the "
                   "calibration pulls its predictions towards them. More data, fewer epochs or augmentation?", ""]
-    for key, value in (extra or {}).items():
-        lines.append(f"- **{key}**: {value}")
     if extra:
-        lines.append("")
+        lines += [f"- **{key}**: {value}" for key, value in extra.items()] + [""]
     lines += ["## Loss", "", "![loss curve](loss.png)" if curve else "(matplotlib not installed: no curve)", ""]
     lines += ["## Validation slices", "", "T = truth, P = predicted (p >= 0.5; else p(any))", "", "![montage](montage.png)", ""]
     lines += ["## History", "", _markdown_table(history), ""]

@@ -31,8 +31,7 @@ def parse_duration(text: str | float | int) -> float:
         match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?", value)
         if not value or not match or not any(match.groups()):
             raise UserError(f"duration {text!r}: use seconds or forms like 90s, 45m, 11h15m")
-        hours, minutes, secs = (float(g) if g else 0.0 for g in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs
+        seconds = sum(float(g or 0) * unit for g, unit in zip(match.groups(), (3600, 60, 1)))
     if seconds <= 0:
         raise UserError(f"duration {text!r}: must be positive")
     return seconds
