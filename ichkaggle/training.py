@@ -150,14 +150,12 @@ class DeviceLogLoss(_DeviceSum, Metric):
     """The competition metric summed on the device and read once per validation: no
     synchronisation per batch (the numpy metric would copy every batch to the host)."""
 
+    name = "weighted_log_loss"
+
     def accumulate(self, learn):
         logits = learn.pred.float().clamp(-LOGIT_BOUND, LOGIT_BOUND)
         per = F.binary_cross_entropy_with_logits(logits, learn.y.float(), reduction="none")
         self._add((per * per.new_tensor(WEIGHTS)).sum() / float(WEIGHTS.sum()), per.new_tensor(float(len(per))))
-
-    @property
-    def name(self):
-        return "weighted_log_loss"
 
 
 class DeviceAvgLoss(_DeviceSum, AvgLoss):
@@ -208,24 +206,23 @@ def build_learner(dls, experiment: Experiment, run_dir: Path, pretrained: bool =
         capability = torch.cuda.get_device_capability(dls.device)
         # bf16 needs no loss scaler, whose overflow check synchronises every step; T4/P100 lack it
         learn = (learn.to_bf16() if capability >= (8, 0) else learn.to_fp16()).to_channelslast()
-    _drop_bars(learn)
-    return learn
-
-
-def _drop_bars(learn) -> None:
-    """Outside a terminal fastai's bars are noise: the run logs one line per epoch instead."""
-    if not sys.stdout.isatty():
+    if not sys.stdout.isatty():  # outside a terminal fastai's bars are noise: the run logs a line per epoch
         from fastai.callback.progress import ProgressCallback
 
         learn.remove_cb(ProgressCallback)
     learn.logger = lambda *args: None
+    return learn
+
+
+def _save(obj, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, buffer.getvalue())
 
 
 def save_weights(model, path: Path) -> None:
     """Model weights only (portable: no optimizer, no pickled code), atomically."""
-    buffer = io.BytesIO()
-    torch.save(getattr(model, "module", model).state_dict(), buffer)
-    write_atomic(path, buffer.getvalue())
+    _save(getattr(model, "module", model).state_dict(), path)
 
 
 def load_weights(learn, path: str | os.PathLike) -> None:
@@ -267,12 +264,8 @@ def save_checkpoint(learn, run_dir: Path, phase: int, epoch: int) -> float:
              "opt": learn.opt.state_dict() if learn.opt is not None else None,
              "scaler": scaler.state_dict() if scaler is not None else None, "phase": phase, "epoch": epoch}
     if rank_distrib() == 0:
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        write_atomic(checkpoint_path(run_dir), buffer.getvalue())
-    buffer = io.BytesIO()
-    torch.save(_rng_state(), buffer)  # every rank keeps its own random streams
-    write_atomic(run_dir / "models" / f"rng-{rank_distrib()}.pth", buffer.getvalue())
+        _save(state, checkpoint_path(run_dir))
+    _save(_rng_state(), run_dir / "models" / f"rng-{rank_distrib()}.pth")  # each rank its own random streams
     return time.time() - started
 
 
