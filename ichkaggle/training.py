@@ -296,7 +296,8 @@ class Stop(Exception):
 
 class RunControl(Callback):
     """Per epoch: the loader's epoch, the history row, the best epoch, the checkpoint and the
-    budget; on the first epoch of a resumed phase, the saved optimizer and random states."""
+    budget; on the first epoch of a resumed phase, the saved optimizer and random states; how
+    long a validation pass takes (the final evaluation's time is planned from it)."""
 
     order = 60  # after the Recorder: this epoch's values are there
 
@@ -310,7 +311,7 @@ class RunControl(Callback):
         if self.restore is not None:
             self._restore(self.restore)
             self.restore = None
-        self.learn.dls.train.epoch = self.record.global_epoch(self.phase, self.epoch)
+        self.learn.dls.train.epoch = sum(p.epochs for p in self.record.phases[:self.phase]) + self.epoch
         if not self.record.allows_epoch(self.phase, self.epoch):
             self.record.stopped = Stop(self.phase, self.epoch)
             raise CancelFitException()  # fastai's own way out: after_fit callbacks still run
@@ -322,6 +323,12 @@ class RunControl(Callback):
         if state.get("scaler") is not None and getattr(self.learn, "scaler", None) is not None:
             self.learn.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
+
+    def before_validate(self):
+        self.valid_started = time.time()
+
+    def after_validate(self):
+        self.record.valid_seconds = time.time() - self.valid_started
 
     def after_batch(self):
         if self.training and len(self.yb):
@@ -356,9 +363,7 @@ class Run:
         self.history = pd.read_csv(run_dir / "history.csv").to_dict("records") if (run_dir / "history.csv").exists() \
             else []
         self.save_seconds = 0.0
-
-    def global_epoch(self, phase: int, epoch: int) -> int:
-        return sum(p.epochs for p in self.phases[:phase]) + epoch
+        self.valid_seconds: float | None = None  # the last validation pass, as RunControl timed it
 
     def _epoch_estimate(self) -> float | None:
         times = [t for t in (self.session.get("epoch_seconds"), self.state.epoch_seconds()) if t]
@@ -381,7 +386,7 @@ class Run:
         session["epochs"] += 1
         session["images"] += len(learn.dls.train) * learn.dls.train.bs * max(1, num_distrib())
         session["epoch_seconds"] = max(session.get("epoch_seconds") or 0, seconds)
-        session["valid_seconds"] = getattr(self, "valid_seconds", None)
+        session["valid_seconds"] = self.valid_seconds
         score = row["weighted_log_loss"]
         if score is not None and (not self.state.best or score < self.state.best["value"]):
             self.state.best = {"value": score, "phase": self.phases[phase].name, "epoch": epoch + 1}
@@ -404,19 +409,6 @@ class Run:
         if self.main:
             write_atomic(self.dir / "history.csv", pd.DataFrame(self.history).to_csv(index=False).encode())
             self.state.save(self.dir)
-
-
-class _ValidTimer(Callback):
-    """How long a validation pass takes (the final evaluation's time is planned from it)."""
-
-    def __init__(self, record: Run):
-        self.record = record
-
-    def before_validate(self):
-        self.t = time.time()
-
-    def after_validate(self):
-        self.record.valid_seconds = time.time() - self.t
 
 
 # ----------------------------------------------------------------------------- training
@@ -514,7 +506,6 @@ def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment
     learn = build_learner(dls, experiment, run_dir, pretrained=state.phase == 0 and state.epoch == 0)
     run = Run(run_dir, experiment, budget, state, len(train_rows), len(valid_rows))
     run.valid_share = len(dls.valid.dataset) / len(valid_rows)
-    learn.add_cb(_ValidTimer(run))
     restore = None
     if checkpoint_path(run_dir).exists() and (state.phase or state.epoch):
         restore = load_checkpoint(run_dir)  # saved where state.json says the run continues
