@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from . import LABELS
 from .calibration import logit
+from .errors import UserError
 from .metric import WEIGHTS, weighted_log_loss
 from .series import sequences
 
@@ -49,8 +50,7 @@ class SliceTable:
     def load(cls, path) -> "SliceTable":
         with np.load(path, allow_pickle=False) as data:
             return cls(data["ids"].astype(object), data["series"].astype(object), data["position"], data["probs"],
-                       data["embeddings"], data["targets"] if "targets" in data else None,
-                       data["fold"] if "fold" in data else None)
+                       data["embeddings"], data.get("targets"), data.get("fold"))
 
     def take(self, rows) -> "SliceTable":
         pick = lambda a: None if a is None else a[rows]  # noqa: E731
@@ -64,9 +64,7 @@ def gap_features(position: np.ndarray) -> np.ndarray:
     gaps = np.abs(np.diff(position))  # a series read backwards (augmentation) has the same gaps
     scale = np.median(gaps) if len(gaps) else 1.0
     scale = scale if scale > 0 else 1.0
-    before = np.r_[0.0, gaps] / scale
-    after = np.r_[gaps, 0.0] / scale
-    return np.stack([before, after], axis=1).astype(np.float32)
+    return (np.stack([np.r_[0.0, gaps], np.r_[gaps, 0.0]], axis=1) / scale).astype(np.float32)  # before, after
 
 
 class SeriesGRU(nn.Module):
@@ -120,11 +118,8 @@ class SeriesConv(nn.Module):
 def _batch(table: SliceTable, seqs: list[np.ndarray]):
     """Padded tensors of some series (each in slice order) and their lengths."""
     n, longest = len(seqs), max(len(s) for s in seqs)
-    dims = table.embeddings.shape[1]
-    emb = np.zeros((n, longest, dims), np.float32)
-    lg = np.zeros((n, longest, len(LABELS)), np.float32)
-    gp = np.zeros((n, longest, 2), np.float32)
-    tg = np.zeros((n, longest, len(LABELS)), np.float32)
+    emb, lg, gp, tg = (np.zeros((n, longest, width), np.float32)
+                       for width in (table.embeddings.shape[1], len(LABELS), 2, len(LABELS)))
     for i, rows in enumerate(seqs):
         k = len(rows)
         emb[i, :k] = table.embeddings[rows]
@@ -194,8 +189,6 @@ class SequenceResult:
 def train_sequence(table: SliceTable, cfg) -> SequenceResult:
     """k-fold by patient on the out-of-fold table (the CNN's own folds): each fold's series are
     predicted by a model trained on the other folds' series only."""
-    from .errors import UserError
-
     started = time.time()
     if len(np.unique(table.fold)) < 2:
         raise UserError("the sequence stage trains on out-of-fold outputs of at least two folds: train (and "

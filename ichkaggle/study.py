@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ import pandas as pd
 import torch
 
 from .errors import UserError
-from .experiment import Experiment
+from .experiment import Experiment, SequenceConfig
+from .files import write_atomic
 from .sequence import SliceTable, build_model, predict_test, train_sequence
 
 OOF, TEST, MODELS, SCORES = "oof.npz", "test.npz", "sequence.pth", "sequence.json"
@@ -44,8 +46,7 @@ def out_of_fold(run_dirs) -> SliceTable:
                             f"fold {fold}: they were predicted by a model that trained on them")
         table.probs = run_calibration(run / "models" / "final.pth").apply(table.probs)
         tables.append(table)
-    merged = SliceTable(*(np.concatenate([getattr(t, k) for t in tables]) for k in
-                          ("ids", "series", "position", "probs", "embeddings", "targets", "fold")))
+    merged = SliceTable(*(np.concatenate([getattr(t, f.name) for t in tables]) for f in fields(SliceTable)))
     repeated = pd.Index(merged.ids).duplicated()
     if repeated.any():
         raise UserError(f"{repeated.sum()} slice(s) in more than one run's validation fold, e.g. "
@@ -66,10 +67,6 @@ def test_slices(table: pd.DataFrame, folder, experiment: Experiment, weights, di
 
 
 def save_models(models: list, experiment: Experiment, scores: dict, folder: str | os.PathLike) -> Path:
-    from dataclasses import asdict
-
-    from .files import write_atomic
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({"config": asdict(experiment.sequence), "embedding": models[0].project.in_features
@@ -83,15 +80,10 @@ def load_models(folder: str | os.PathLike) -> list:
     path = Path(folder) / MODELS
     if not path.exists():
         raise UserError(f"{path}: no sequence models here (ichkaggle seq train writes them)")
-    from .experiment import SequenceConfig
-
     saved = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = SequenceConfig(**saved["config"])
-    models = []
-    for state in saved["models"]:
-        model = build_model(cfg, saved["embedding"])
+    models = [build_model(SequenceConfig(**saved["config"]), saved["embedding"]) for _ in saved["models"]]
+    for model, state in zip(models, saved["models"]):
         model.load_state_dict(state)
-        models.append(model)
     return models
 
 
