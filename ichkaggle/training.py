@@ -12,7 +12,6 @@ only from a local file.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -20,7 +19,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm/huggingface_hub import: never retry the hub
@@ -365,12 +364,9 @@ class Run:
         self.save_seconds = 0.0
         self.valid_seconds: float | None = None  # the last validation pass, as RunControl timed it
 
-    def _epoch_estimate(self) -> float | None:
-        times = [t for t in (self.session.get("epoch_seconds"), self.state.epoch_seconds()) if t]
-        return max(times) + self.save_seconds if times else None
-
     def allows_epoch(self, phase: int, epoch: int) -> bool:
-        need = self._epoch_estimate()
+        times = [t for t in (self.session.get("epoch_seconds"), self.state.epoch_seconds()) if t]
+        need = max(times) + self.save_seconds if times else None
         if need is not None and phase == len(self.phases) - 1 and epoch == self.phases[phase].epochs - 1:
             need += self.final_estimate() or 0.0  # the last epoch must leave room for the evaluation
         return self.budget.allows(need)
@@ -416,14 +412,16 @@ class Run:
 
 @dataclass
 class TrainResult:
+    """What ``train`` did; a stopped run (and a non-zero rank) has no validation outputs."""
+
     run_dir: Path
     weights: Path
     complete: bool
     history: pd.DataFrame
-    valid_ids: list[str]
-    valid_targets: np.ndarray
-    valid_preds: np.ndarray
-    metrics: dict
+    valid_ids: list[str] = field(default_factory=list)
+    valid_targets: np.ndarray = field(default_factory=lambda: np.empty((0, 6)))
+    valid_preds: np.ndarray = field(default_factory=lambda: np.empty((0, 6)))
+    metrics: dict = field(default_factory=dict)
 
 
 def _phase_schedule(learn, phase) -> ParamScheduler:
@@ -436,11 +434,11 @@ def _phase_schedule(learn, phase) -> ParamScheduler:
     return ParamScheduler({"lr": combined_cos(phase.pct_start, lr, lr, lr / 1e5)})
 
 
-def _distributed(learn):
-    """Under torchrun (WORLD_SIZE > 1): DDP through accelerate, our loaders kept as they are
-    (each rank reads its own share); batch norms synchronised on GPUs."""
+def _distributed() -> list:
+    """Under torchrun (WORLD_SIZE > 1): the callback of DDP through accelerate, our loaders kept
+    as they are (each rank reads its own share); batch norms synchronised on GPUs."""
     if num_distrib() <= 1:
-        return contextlib.nullcontext()
+        return []
     from fastai.distributed import DistributedTrainer
 
     class ShardedTrainer(DistributedTrainer):
@@ -448,17 +446,7 @@ def _distributed(learn):
             return dl if isinstance(dl, SliceLoader) else super()._wrap_dl(dl)
 
     cuda = torch.cuda.is_available()
-
-    @contextlib.contextmanager
-    def context():
-        trainer = ShardedTrainer(sync_bn=cuda, cpu=not cuda)
-        learn.add_cb(trainer)
-        try:
-            yield learn
-        finally:
-            learn.remove_cb(trainer)
-
-    return context()
+    return [ShardedTrainer(sync_bn=cuda, cpu=not cuda)]
 
 
 def _barrier() -> None:
@@ -512,9 +500,7 @@ def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment
         learn.model.load_state_dict(restore["model"])
         print(f"resuming {run_dir}: {state.describe(experiment.phases)}", flush=True)
     try:
-        for index, phase in enumerate(experiment.phases):
-            if index < state.phase:
-                continue
+        for index, phase in enumerate(experiment.phases[state.phase:], start=state.phase):
             start = state.epoch if index == state.phase else 0
             if phase.freeze:
                 learn.freeze()
@@ -523,10 +509,8 @@ def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment
             learn.opt_func, learn.opt = OPTIMIZERS[phase.optimizer], None
             learn.create_opt()
             control, restore = RunControl(run, index, start, restore), None
-            fit_kwargs = {} if phase.weight_decay is None else {"wd": phase.weight_decay}
-            with _distributed(learn):
-                learn.fit(phase.epochs, cbs=[_phase_schedule(learn, phase), control], start_epoch=start,
-                          **fit_kwargs)
+            learn.fit(phase.epochs, cbs=[_phase_schedule(learn, phase), control, *_distributed()], start_epoch=start,
+                      wd=phase.weight_decay)  # wd None: fastai's default
             if run.stopped is not None:
                 raise run.stopped
         if restore is not None:  # stopped before the final evaluation last time
@@ -541,12 +525,10 @@ def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment
         if rank_distrib() == 0:
             print(f"stopped by the time limit ({state.describe(experiment.phases)}); continue with the same "
                   f"command plus --resume", flush=True)
-        return TrainResult(run_dir, run_dir / "models" / "checkpoint.pth", False, pd.DataFrame(run.history), [],
-                           np.empty((0, 6)), np.empty((0, 6)), {})
+        return TrainResult(run_dir, checkpoint_path(run_dir), False, pd.DataFrame(run.history))
     _barrier()
     if rank_distrib() != 0:
-        return TrainResult(run_dir, run_dir / "models" / "final.pth", True, pd.DataFrame(), [], np.empty((0, 6)),
-                           np.empty((0, 6)), {})
+        return TrainResult(run_dir, run_dir / "models" / "final.pth", True, pd.DataFrame())
     os.environ["WORLD_SIZE"] = "1"  # rank 0 alone from here: fastai must not gather across ranks
     return _finish(learn, run, table, images, valid_rows, targets)
 
@@ -560,13 +542,12 @@ def _finish(learn, run: Run, table, images, valid_rows, targets) -> TrainResult:
         load_weights(learn, best)
     final = run_dir / "models" / "final.pth"
     save_weights(learn.model, final)
-    valid = loader(experiment, Rows(images, valid_rows), targets[valid_rows])
-    probs, embeddings = slice_predictions(learn, valid, experiment)
+    y = targets[valid_rows]
+    probs, embeddings = slice_predictions(learn, loader(experiment, Rows(images, valid_rows), y), experiment)
     if {"SeriesInstanceUID", "position"} <= set(table.columns):  # the sequence stage's out-of-fold input
         rows = table.iloc[valid_rows]
         SliceTable(rows["ID"].to_numpy(), rows["SeriesInstanceUID"].to_numpy(), rows["position"].to_numpy(float),
-                   probs, embeddings, targets[valid_rows], rows["fold"].to_numpy()).save(run_dir / VALID_SLICES)
-    y = targets[valid_rows]
+                   probs, embeddings, y, rows["fold"].to_numpy()).save(run_dir / VALID_SLICES)
     rates = targets[np.setdiff1d(np.arange(len(table)), valid_rows)].mean(axis=0)
     calibration, scores = calibrate.summary(probs, y, table["PatientID"].to_numpy()[valid_rows], rates)
     write_atomic(run_dir / "calibration.json", (json.dumps(calibration.as_json(), indent=2) + "\n").encode())
@@ -636,11 +617,6 @@ def slice_predictions(learn, dl: SliceLoader, experiment: Experiment, tta: bool 
     return plain.numpy().astype(np.float64), embedding.numpy()
 
 
-def run_of(weights: str | os.PathLike) -> Path:
-    """The run folder of a weights file (``RUN/models/final.pth``)."""
-    return Path(weights).resolve().parent.parent
-
-
 def predict_each(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment, weights, *,
                  dicom: bool = False, tta: bool | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """(raw probabilities, embeddings) of ``table``'s slices for each weights file, in order."""
@@ -669,7 +645,7 @@ def predict(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experime
 
 def run_calibration(weights: str | os.PathLike) -> calibrate.Calibration:
     """The calibration the weights' run fitted (identity, with a warning, for weights from elsewhere)."""
-    path = run_of(weights) / "calibration.json"
+    path = Path(weights).resolve().parent.parent / "calibration.json"  # weights are RUN/models/final.pth
     if path.exists():
         return calibrate.Calibration.from_json(json.loads(path.read_text()))
     print(f"warning: no {path}: {weights} predicts uncalibrated", file=sys.stderr, flush=True)
