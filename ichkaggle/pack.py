@@ -35,14 +35,13 @@ class ShardWriter:
     """Appends encoded images to numbered shards under ``OUT/shards``; ``add`` returns the
     index rows that became durable (those of a shard just completed)."""
 
-    def __init__(self, out: str | os.PathLike, per_shard: int | None = None):
+    def __init__(self, out: str | os.PathLike):
         self.folder = Path(out) / SHARDS
         self.folder.mkdir(parents=True, exist_ok=True)
         for stale in self.folder.glob(".*.tmp"):  # a shard cut short by an interruption
             stale.unlink()
         numbers = [int(p.stem.split("-")[1]) for p in self.folder.glob("shard-*.bin")]
         self.number = max(numbers, default=-1) + 1
-        self.per_shard = per_shard or PER_SHARD
         self.rows: list[dict] = []
         self._file = None
 
@@ -53,7 +52,7 @@ class ShardWriter:
         self.rows.append({"ID": image_id, "shard": shard_name(self.number), "offset": self._file.tell(),
                           "length": len(data), "crc32": zlib.crc32(data)})
         self._file.write(data)
-        return self.close_shard() if len(self.rows) >= self.per_shard else []
+        return self.close_shard() if len(self.rows) >= PER_SHARD else []
 
     def close_shard(self) -> list[dict]:
         """Finish the open shard (flush, rename) and hand back its rows to journal."""
@@ -112,14 +111,13 @@ def pack_folder(folder: str | os.PathLike, keep_images: bool = False, show_progr
     """
     from tqdm import tqdm
 
-    from .prepared import IMAGES, METADATA, read_settings
+    from .prepared import IMAGES, read_settings, read_slices
 
     folder = Path(folder)
     settings = read_settings(folder)
     if (folder / SHARDS / INDEX).exists():
         return {"packed": 0, "shards": len(list((folder / SHARDS).glob("shard-*.bin"))), "removed": 0}
-    metadata = pd.read_csv(folder / METADATA, dtype={"ID": object}, keep_default_na=False)
-    ids = metadata.loc[metadata["status"] == "ok", "ID"].tolist()
+    ids = read_slices(folder)[0]["ID"].tolist()
     images = folder / IMAGES
     missing = [i for i in ids if not (images / f"{i}.{settings.format}").is_file()]
     if missing:
@@ -132,9 +130,7 @@ def pack_folder(folder: str | os.PathLike, keep_images: bool = False, show_progr
         append_journal(folder, writer.add(image_id, (images / f"{image_id}.{settings.format}").read_bytes()))
     append_journal(folder, writer.close_shard())
     write_index(folder, journal_rows(folder))
-    removed = 0
     if not keep_images:
         for image_id in ids:
             (images / f"{image_id}.{settings.format}").unlink()
-            removed += 1
-    return {"packed": len(ids) - len(done_ids), "shards": writer.number, "removed": removed}
+    return {"packed": len(ids) - len(done_ids), "shards": writer.number, "removed": 0 if keep_images else len(ids)}
