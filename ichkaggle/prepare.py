@@ -24,7 +24,8 @@ from tqdm import tqdm
 from .dicom import DicomReadError, read_stored
 from .errors import UserError
 from .files import write_atomic
-from .pack import INDEX, JOURNAL as PACK_JOURNAL, SHARDS, ShardWriter, append_journal, journal_rows, read_index, write_index
+from .pack import (INDEX, JOURNAL as PACK_JOURNAL, SHARDS, ShardWriter, append_journal, journal_rows, read_index,
+                   write_index)
 from .prepared import IMAGES, JPEG_SAMPLING, METADATA, PNG_FILTERS, SETTINGS, PrepareSettings, read_settings
 from .tables import write_csv
 from .windowing import window_linear, window_stored
@@ -94,11 +95,10 @@ def process_file(source: str, image_path: str | None, settings: PrepareSettings)
         if image_path is not None:
             write_atomic(image_path, data)
             data = None
-    except DicomReadError as err:
-        return {"ID": image_id, "status": "failed", "error": f"{err.kind}: {err.reason}", "source": source}, None
-    except Exception as err:  # a bug or an odd file must not end the batch: record it
-        return ({"ID": image_id, "status": "failed", "error": f"unexpected {type(err).__name__}: {err}",
-                 "source": source}, None)
+    except Exception as err:  # neither a bad file nor a bug must end the batch: record it
+        known = isinstance(err, DicomReadError)
+        error = f"{err.kind}: {err.reason}" if known else f"unexpected {type(err).__name__}: {err}"
+        return {"ID": image_id, "status": "failed", "error": error, "source": source}, None
     row = meta.as_row()
     row.update(status="ok", error="", source=source)
     return row, data
@@ -114,27 +114,18 @@ def find_dicoms(src: str | os.PathLike) -> list[Path]:
     return sorted(p for p in src.rglob("*") if p.suffix.lower() == ".dcm" and p.is_file())
 
 
-def add_ranks(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rank of each ok slice in its series by position along the slice normal (0 = lowest)."""
-    frame = frame.copy()
-    ok = frame["status"].eq("ok") & frame["position"].notna()
-    ranks = (
-        frame.loc[ok]
-        .sort_values(["SeriesInstanceUID", "position", "ID"])
-        .groupby("SeriesInstanceUID", sort=False)
-        .cumcount()
-    )
-    frame["rank"] = pd.Series(ranks, dtype="Int64").reindex(frame.index)
-    return frame
-
-
 def metadata_frame(rows: Iterable[dict]) -> pd.DataFrame:
+    """Rows -> metadata.csv's table, sorted by ID; ``rank`` (re)computed: each ok slice's rank in
+    its series by position along the slice normal (0 = lowest)."""
     frame = pd.DataFrame(list(rows))
     for column in LEAD_COLUMNS:
         if column not in frame:
-            frame[column] = np.nan if column in ("position", "rank") else ""
+            frame[column] = np.nan if column == "position" else ""
     frame["error"] = frame["error"].fillna("")
-    frame = add_ranks(frame.drop(columns=["rank"]))
+    ok = frame["status"].eq("ok") & frame["position"].notna()
+    in_order = frame.loc[ok].sort_values(["SeriesInstanceUID", "position", "ID"])
+    ranks = in_order.groupby("SeriesInstanceUID", sort=False).cumcount()
+    frame["rank"] = pd.Series(ranks, dtype="Int64").reindex(frame.index)
     frame = frame.sort_values("ID", kind="stable").reset_index(drop=True)
     return frame[LEAD_COLUMNS + [c for c in frame.columns if c not in LEAD_COLUMNS]]
 
