@@ -33,10 +33,6 @@ class Encoding:
     padding: int | None  # stored value outside the scan circle; None = air
     rsna_misencoded: bool = False
 
-    @property
-    def intercept_value(self) -> float:
-        return float(self.intercept)
-
 
 #: The encodings seen in the real data; synth picks one per series.
 ENCODINGS: tuple[Encoding, ...] = (
@@ -56,14 +52,15 @@ def encode_hu(hu: np.ndarray, encoding: Encoding, outside: np.ndarray | None = N
     ``outside`` marks pixels beyond the scan circle that get the padding value.
     """
     values = np.rint(np.asarray(hu, dtype=np.float64)).astype(np.int64)
+    intercept = int(float(encoding.intercept))
     if encoding.rsna_misencoded:
         # The mis-encoding keeps HU modulo 4096 in 12 bits (readers add 1000, wrap, subtract 1000).
         values = np.clip(values, -1000, 3095) % 4096
         stored = values.astype(np.uint16)
     elif encoding.pixel_representation == 1:
-        stored = np.clip(values - int(encoding.intercept_value), -32768, 32767).astype(np.int16)
+        stored = np.clip(values - intercept, -32768, 32767).astype(np.int16)
     else:
-        stored = np.clip(values - int(encoding.intercept_value), 0, (1 << encoding.bits_stored) - 1).astype(np.uint16)
+        stored = np.clip(values - intercept, 0, (1 << encoding.bits_stored) - 1).astype(np.uint16)
     if outside is not None and encoding.padding is not None:
         stored[outside] = encoding.padding
     return stored
@@ -85,13 +82,9 @@ class SeriesHeader:
     slice_spacing: float = 5.0
 
 
+@quiet_validation()
 def slice_dataset(header: SeriesHeader, sop_uid: str, index: int, stored: np.ndarray) -> Dataset:
     """One slice's dataset (file meta included) as the RSNA files lay it out."""
-    with quiet_validation():
-        return _slice_dataset(header, sop_uid, index, stored)
-
-
-def _slice_dataset(header: SeriesHeader, sop_uid: str, index: int, stored: np.ndarray) -> Dataset:
     rows, cols = stored.shape
     tilt = np.deg2rad(header.tilt_degrees)
     orientation = [1.0, 0.0, 0.0, 0.0, float(np.cos(tilt)), float(-np.sin(tilt))]
