@@ -29,15 +29,8 @@ _NATIVE_SYNTAXES = {
 }
 
 #: The failure kinds a reader reports (``DicomReadError.kind``).
-FAILURE_KINDS = (
-    "empty",
-    "not_dicom",
-    "no_pixel_data",
-    "truncated",
-    "no_decoder",
-    "not_grey_single_frame",
-    "bad_header",
-)
+FAILURE_KINDS = ("empty", "not_dicom", "no_pixel_data", "truncated", "no_decoder", "not_grey_single_frame",
+                 "bad_header")
 
 
 class DicomReadError(Exception):
@@ -218,11 +211,8 @@ def stored_pixels(fields, path: str | os.PathLike = "<dataset>") -> np.ndarray:
     samples = _int(fields, "SamplesPerPixel", 1)
     frames = _int(fields, "NumberOfFrames", 1)
     if samples != 1 or frames != 1:
-        raise DicomReadError(
-            path,
-            "not_grey_single_frame",
-            f"SamplesPerPixel={samples}, NumberOfFrames={frames}; expected one grey frame",
-        )
+        raise DicomReadError(path, "not_grey_single_frame",
+                             f"SamplesPerPixel={samples}, NumberOfFrames={frames}; expected one grey frame")
     syntax = transfer_syntax(fields)
     order = _NATIVE_SYNTAXES.get(syntax)
     if order is not None and bits_allocated in (8, 16, 32):
