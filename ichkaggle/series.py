@@ -12,11 +12,14 @@ import numpy as np
 import pandas as pd
 
 
-def series_order(series, position, ids=None) -> np.ndarray:
-    """Row positions sorted by series, then position along the normal (then id: stable)."""
+def series_order(series, position, ids=None) -> tuple[np.ndarray, np.ndarray]:
+    """(row positions sorted by series, then position along the normal, then id: stable;
+    True where a series starts in that order)."""
     frame = pd.DataFrame({"series": np.asarray(series, dtype=object), "position": np.asarray(position, float),
                           "id": np.arange(len(series)) if ids is None else np.asarray(ids, dtype=object)})
-    return frame.sort_values(["series", "position", "id"], kind="stable").index.to_numpy()
+    order = frame.sort_values(["series", "position", "id"], kind="stable").index.to_numpy()
+    sorted_series = frame["series"].to_numpy()[order]
+    return order, np.r_[True, sorted_series[1:] != sorted_series[:-1]] if len(order) else np.zeros(0, bool)
 
 
 def neighbours(series, position, context: int, ids=None) -> np.ndarray:
@@ -24,9 +27,7 @@ def neighbours(series, position, context: int, ids=None) -> np.ndarray:
     to ``+context`` by position (column ``context`` is the row itself); past either end of
     its series the edge slice repeats."""
     n = len(series)
-    order = series_order(series, position, ids)
-    sorted_series = np.asarray(series, dtype=object)[order]
-    starts = np.r_[True, sorted_series[1:] != sorted_series[:-1]] if n else np.zeros(0, bool)
+    order, starts = series_order(series, position, ids)
     group = np.cumsum(starts) - 1
     first = np.flatnonzero(starts)
     last = np.r_[first[1:], n] - 1
@@ -39,7 +40,5 @@ def neighbours(series, position, context: int, ids=None) -> np.ndarray:
 
 def sequences(series, position, ids=None) -> list[np.ndarray]:
     """Row positions of each series, in slice order (one array per series)."""
-    order = series_order(series, position, ids)
-    sorted_series = np.asarray(series, dtype=object)[order]
-    cuts = np.flatnonzero(sorted_series[1:] != sorted_series[:-1]) + 1
-    return np.split(order, cuts) if len(order) else []
+    order, starts = series_order(series, position, ids)
+    return np.split(order, np.flatnonzero(starts)[1:]) if len(order) else []
