@@ -32,8 +32,8 @@ def shard_name(number: int) -> str:
 
 
 class ShardWriter:
-    """Appends encoded images to numbered shards under ``OUT/shards``; ``add`` returns the
-    index rows that became durable (those of a shard just completed)."""
+    """Appends encoded images to numbered shards under ``OUT/shards`` and journals the index rows
+    of each completed shard; ``add`` returns the rows that became durable (of a shard just completed)."""
 
     def __init__(self, out: str | os.PathLike):
         self.folder = Path(out) / SHARDS
@@ -55,13 +55,17 @@ class ShardWriter:
         return self.close_shard() if len(self.rows) >= PER_SHARD else []
 
     def close_shard(self) -> list[dict]:
-        """Finish the open shard (flush, rename) and hand back its rows to journal."""
+        """Finish the open shard (flush, rename), journal its rows and hand them back."""
         if self._file is None:
             return []
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, self.folder / shard_name(self.number))
+        with open(self.folder / JOURNAL, "a") as fh:
+            fh.write(pd.DataFrame(self.rows, columns=INDEX_COLUMNS).to_csv(index=False, header=False))
+            fh.flush()
+            os.fsync(fh.fileno())
         rows, self.rows, self._file = self.rows, [], None
         self.number += 1
         return rows
@@ -80,14 +84,6 @@ def journal_rows(folder: str | os.PathLike) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=INDEX_COLUMNS)
     return pd.read_csv(path, names=INDEX_COLUMNS, dtype={"ID": object, "shard": object})
-
-
-def append_journal(folder: str | os.PathLike, rows: list[dict]) -> None:
-    if rows:
-        with open(Path(folder) / SHARDS / JOURNAL, "a") as fh:
-            fh.write(pd.DataFrame(rows, columns=INDEX_COLUMNS).to_csv(index=False, header=False))
-            fh.flush()
-            os.fsync(fh.fileno())
 
 
 def write_index(folder: str | os.PathLike, rows: pd.DataFrame) -> Path:
@@ -123,12 +119,11 @@ def pack_folder(folder: str | os.PathLike, keep_images: bool = False, show_progr
     if missing:
         raise UserError(f"{folder}: {len(missing)} prepared image(s) missing from {images}, e.g. {missing[:3]}: "
                         "run `ichkaggle prepare` again to redo them, then pack")
-    done = journal_rows(folder)
-    done_ids = set(done["ID"])
+    done_ids = set(journal_rows(folder)["ID"])
     writer = ShardWriter(folder)
     for image_id in tqdm([i for i in ids if i not in done_ids], desc="pack", unit="img", disable=not show_progress):
-        append_journal(folder, writer.add(image_id, (images / f"{image_id}.{settings.format}").read_bytes()))
-    append_journal(folder, writer.close_shard())
+        writer.add(image_id, (images / f"{image_id}.{settings.format}").read_bytes())
+    writer.close_shard()
     write_index(folder, journal_rows(folder))
     if not keep_images:
         for image_id in ids:

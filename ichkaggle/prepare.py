@@ -24,8 +24,7 @@ from tqdm import tqdm
 from .dicom import DicomReadError, read_stored
 from .errors import UserError
 from .files import write_atomic
-from .pack import (INDEX, JOURNAL as PACK_JOURNAL, SHARDS, ShardWriter, append_journal, journal_rows, read_index,
-                   write_index)
+from .pack import INDEX, JOURNAL as PACK_JOURNAL, SHARDS, ShardWriter, journal_rows, read_index, write_index
 from .prepared import IMAGES, JPEG_SAMPLING, METADATA, PNG_FILTERS, SETTINGS, PrepareSettings, read_settings
 from .tables import write_csv
 from .windowing import window_linear, window_stored
@@ -243,11 +242,10 @@ def prepare(
             pending.append(row)
             closed = writer.add(row["ID"], data) if data is not None else []
             if closed:  # a shard is complete: its images, and the rows waiting for it, are durable
-                append_journal(out, closed)
                 durable(pending)
                 pending = []
         if writer is not None:
-            append_journal(out, writer.close_shard())
+            writer.close_shard()
             durable(pending)
             index = pd.concat([index, journal_rows(out)]).drop_duplicates("ID", keep="last")
             write_index(out, index[index["ID"].isin({r["ID"] for r in rows if r.get("status") == "ok"})])
