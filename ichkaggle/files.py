@@ -16,8 +16,7 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
             fh.write(data)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)  # gone after the rename; left by a failed write
     return path
 
 

@@ -252,7 +252,7 @@ def prepare(
     frame = metadata_frame(rows) if rows else pd.DataFrame(columns=LEAD_COLUMNS)
     write_csv(frame, out / METADATA)
     (out / JOURNAL).unlink(missing_ok=True)  # metadata.csv now holds every row
-    failed = int((frame["status"] == "failed").sum()) if len(frame) else 0
+    failed = int(frame["status"].eq("failed").sum())
     return PrepareResult(out, len(sources), len(todo), len(sources) - len(todo), failed, frame)
 
 
