@@ -7,8 +7,10 @@ format (``prepare.json``, ``metadata.csv``, the images) has one reader.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .pack import INDEX, SHARDS, read_index
+from .tables import read_csv
 from .windowing import DEFAULT_WINDOWS, Window
 
 SETTINGS = "prepare.json"
@@ -89,8 +93,6 @@ def read_settings(folder: str | os.PathLike) -> PrepareSettings:
 
 def read_slices(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
     """(the slices that prepared ok -- ID, identity, series, position, rank...; the IDs that failed)."""
-    from .tables import read_csv
-
     metadata = read_csv(Path(folder) / METADATA, "metadata", keep_default_na=False,
                         dtype={"ID": object, "PatientID": object, "StudyInstanceUID": object,
                                "SeriesInstanceUID": object})
@@ -103,8 +105,6 @@ def read_slices(folder: str | os.PathLike) -> tuple[pd.DataFrame, list[str]]:
 def decode_image(data: bytes, fmt: str) -> np.ndarray:
     """Encoded image bytes -> H x W x C uint8 in window order (the inverse of prepare's encode)."""
     if fmt == "npy":
-        import io
-
         return np.load(io.BytesIO(data))
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -129,8 +129,6 @@ class ImageStore:
     """
 
     def __init__(self, folder: str | os.PathLike, ids, settings: PrepareSettings | None = None):
-        from .pack import INDEX, SHARDS, read_index
-
         self.folder = Path(folder)
         self.settings = settings or read_settings(self.folder)
         self.ids = np.asarray(ids, dtype=object)
@@ -174,12 +172,10 @@ class ImageStore:
         if not self.packed:
             with open(self.paths[i], "rb", buffering=0) as fh:
                 return fh.readall()
-        import zlib
-
         name = self.shards[self.shard[i]]
         fd = self._fds.get(name)
         if fd is None:
-            fd = self._fds[name] = os.open(self.folder / "shards" / name, os.O_RDONLY)
+            fd = self._fds[name] = os.open(self.folder / SHARDS / name, os.O_RDONLY)
         data = os.pread(fd, int(self.length[i]), int(self.offset[i]))
         if len(data) != self.length[i] or zlib.crc32(data) != self.crc[i]:
             what = "truncated" if len(data) != self.length[i] else "damaged (CRC mismatch)"
