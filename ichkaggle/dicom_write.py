@@ -126,9 +126,9 @@ def slice_dataset(header: SeriesHeader, sop_uid: str, index: int, stored: np.nda
     return ds
 
 
+@quiet_validation()
 def write_slice(path: str | os.PathLike, ds: Dataset) -> None:
     """Write atomically (temp + rename) so an interrupted synth never leaves half a file."""
     buffer = io.BytesIO()
-    with quiet_validation():
-        ds.save_as(buffer, enforce_file_format=True)
+    ds.save_as(buffer, enforce_file_format=True)
     write_atomic(path, buffer.getvalue())

@@ -86,17 +86,16 @@ def journal_rows(folder: str | os.PathLike) -> pd.DataFrame:
     return pd.read_csv(path, names=INDEX_COLUMNS, dtype={"ID": object, "shard": object})
 
 
-def write_index(folder: str | os.PathLike, rows: pd.DataFrame) -> Path:
+def write_index(folder: str | os.PathLike, rows: pd.DataFrame) -> None:
     """The final index (sorted by ID); then the journal, and any shard the index does not
     name (completed just before an interruption, its images packed again), go."""
-    path = write_atomic(Path(folder) / SHARDS / INDEX,
-                        rows[INDEX_COLUMNS].sort_values("ID").to_csv(index=False).encode())
-    (Path(folder) / SHARDS / JOURNAL).unlink(missing_ok=True)
+    shards = Path(folder) / SHARDS
+    write_atomic(shards / INDEX, rows[INDEX_COLUMNS].sort_values("ID").to_csv(index=False).encode())
+    (shards / JOURNAL).unlink(missing_ok=True)
     named = set(rows["shard"])
-    for shard in (Path(folder) / SHARDS).glob("shard-*.bin"):
+    for shard in shards.glob("shard-*.bin"):
         if shard.name not in named:
             shard.unlink()
-    return path
 
 
 def pack_folder(folder: str | os.PathLike, keep_images: bool = False, show_progress: bool = True) -> dict:
