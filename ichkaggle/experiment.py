@@ -9,6 +9,8 @@ the table and the key.
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import os
 import tomllib
 import typing
@@ -130,14 +132,10 @@ class Experiment:
 
 
 def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    """JSON's literals and string escapes are TOML's too, but for inf and nan."""
+    if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    text = str(value).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{text}"'
+    return json.dumps(value, ensure_ascii=False)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -207,21 +205,19 @@ def load_experiment(name_or_path: str | os.PathLike, **data_overrides) -> Experi
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"{path}: not valid TOML: {err}") from None
     where = str(path)
-    top = {"name", "description", "model", "data", "phases", "predict", "sequence"}
-    unknown = set(raw) - top
+    top = [f.name for f in fields(Experiment)]
+    unknown = set(raw) - set(top)
     if unknown:
         raise UserError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(top)}")
     phases = raw.get("phases", [])
     if not isinstance(phases, list):
         raise UserError(f"{where} phases: expected [[phases]] tables")
+    tables = {"model": ModelConfig, "data": DataConfig, "predict": PredictConfig, "sequence": SequenceConfig}
     experiment = Experiment(
         name=_typed(raw.get("name", path.stem), str, f"{where} name"),
         description=_typed(raw.get("description", ""), str, f"{where} description"),
-        model=_build(ModelConfig, raw.get("model", {}), f"{where} [model]"),
-        data=_build(DataConfig, raw.get("data", {}), f"{where} [data]"),
         phases=tuple(_build(Phase, p, f"{where} [[phases]] #{i + 1}") for i, p in enumerate(phases)),
-        predict=_build(PredictConfig, raw.get("predict", {}), f"{where} [predict]"),
-        sequence=_build(SequenceConfig, raw.get("sequence", {}), f"{where} [sequence]"),
+        **{key: _build(cls, raw.get(key, {}), f"{where} [{key}]") for key, cls in tables.items()},
     )
     if data_overrides:
         experiment = replace(experiment, data=replace(experiment.data, **data_overrides))
