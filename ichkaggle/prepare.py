@@ -188,15 +188,8 @@ def _layout_check(out: Path, pack: bool) -> None:
         raise UserError(f"{out} is packed (shards/): add --pack to prepare into it")
 
 
-def prepare(
-    src: str | os.PathLike,
-    out: str | os.PathLike,
-    settings: PrepareSettings,
-    workers: int | None = None,
-    show_progress: bool = True,
-    chunk: int = 16,
-    pack: bool = False,
-) -> PrepareResult:
+def prepare(src: str | os.PathLike, out: str | os.PathLike, settings: PrepareSettings, workers: int | None = None,
+            show_progress: bool = True, chunk: int = 16, pack: bool = False) -> PrepareResult:
     """Run the whole batch; safe to interrupt and run again with the same arguments.
 
     ``pack`` writes the images into shards (:mod:`ichkaggle.pack`) instead of one file each;
@@ -236,12 +229,9 @@ def prepare(
 
         for row, data in _run_jobs([str(p) for p in todo], targets, settings, workers, chunk):
             progress.update(1)
-            if writer is None:
-                durable([row])
-                continue
             pending.append(row)
-            closed = writer.add(row["ID"], data) if data is not None else []
-            if closed:  # a shard is complete: its images, and the rows waiting for it, are durable
+            # durable: a loose file is renamed already; packed rows (failed ones too) wait for a complete shard
+            if writer is None or (data is not None and writer.add(row["ID"], data)):
                 durable(pending)
                 pending = []
         if writer is not None:
