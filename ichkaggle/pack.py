@@ -112,19 +112,18 @@ def pack_folder(folder: str | os.PathLike, keep_images: bool = False, show_progr
     settings = read_settings(folder)
     if (folder / SHARDS / INDEX).exists():
         return {"packed": 0, "shards": len(list((folder / SHARDS).glob("shard-*.bin"))), "removed": 0}
-    ids = read_slices(folder)[0]["ID"].tolist()
-    images = folder / IMAGES
-    missing = [i for i in ids if not (images / f"{i}.{settings.format}").is_file()]
+    files = {i: folder / IMAGES / f"{i}.{settings.format}" for i in read_slices(folder)[0]["ID"]}  # the ok slices
+    missing = [i for i, path in files.items() if not path.is_file()]
     if missing:
-        raise UserError(f"{folder}: {len(missing)} prepared image(s) missing from {images}, e.g. {missing[:3]}: "
-                        "run `ichkaggle prepare` again to redo them, then pack")
+        raise UserError(f"{folder}: {len(missing)} prepared image(s) missing from {folder / IMAGES}, e.g. "
+                        f"{missing[:3]}: run `ichkaggle prepare` again to redo them, then pack")
     done_ids = set(journal_rows(folder)["ID"])
     writer = ShardWriter(folder)
-    for image_id in tqdm([i for i in ids if i not in done_ids], desc="pack", unit="img", disable=not show_progress):
-        writer.add(image_id, (images / f"{image_id}.{settings.format}").read_bytes())
+    for image_id in tqdm([i for i in files if i not in done_ids], desc="pack", unit="img", disable=not show_progress):
+        writer.add(image_id, files[image_id].read_bytes())
     writer.close_shard()
     write_index(folder, journal_rows(folder))
     if not keep_images:
-        for image_id in ids:
-            (images / f"{image_id}.{settings.format}").unlink()
-    return {"packed": len(ids) - len(done_ids), "shards": writer.number, "removed": 0 if keep_images else len(ids)}
+        for path in files.values():
+            path.unlink()
+    return {"packed": len(files) - len(done_ids), "shards": writer.number, "removed": 0 if keep_images else len(files)}
