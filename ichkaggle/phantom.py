@@ -33,15 +33,8 @@ class PhantomConfig:
     slices_min: int = 24
     slices_max: int = 36
     #: Per series, the chance of one lesion of each subtype.
-    subtype_rates: dict = field(
-        default_factory=lambda: {
-            "epidural": 0.3,
-            "intraparenchymal": 0.4,
-            "intraventricular": 0.35,
-            "subarachnoid": 0.4,
-            "subdural": 0.4,
-        }
-    )
+    subtype_rates: dict = field(default_factory=lambda: {
+        "epidural": 0.3, "intraparenchymal": 0.4, "intraventricular": 0.35, "subarachnoid": 0.4, "subdural": 0.4})
     #: How many adjacent slices one lesion spans (real bleeds: a few to a dozen 5 mm slices).
     lesion_slices_min: int = 3
     lesion_slices_max: int = 12
@@ -93,17 +86,10 @@ def plan_series(rng: np.random.Generator, config: PhantomConfig) -> SeriesPlan:
         count = int(rng.integers(config.lesion_slices_min, config.lesion_slices_max + 1))
         count = max(1, min(count, hi - lo))
         first = int(rng.integers(lo, max(lo + 1, hi - count + 1)))
-        lesions.append(
-            Lesion(
-                subtype=subtype,
-                first=first,
-                count=count,
-                angle=float(rng.uniform(0, 2 * np.pi)),
-                extent=float(rng.uniform(0.7, 1.3)),
-                hu=float(rng.uniform(*BLOOD_HU)),
-                offset=float(rng.uniform(0.35, 0.65)),
-            )
-        )
+        # keyword arguments evaluate left to right: the draws keep their order
+        lesions.append(Lesion(subtype, first, count, angle=float(rng.uniform(0, 2 * np.pi)),
+                              extent=float(rng.uniform(0.7, 1.3)), hu=float(rng.uniform(*BLOOD_HU)),
+                              offset=float(rng.uniform(0.35, 0.65))))
     return SeriesPlan(
         n_slices=n,
         center=(s / 2 + rng.normal(0, s * 0.015), s / 2 + rng.normal(0, s * 0.015)),
@@ -134,18 +120,9 @@ def _profile(k: int, n: int) -> float:
 
 def _ellipse(mask_shape, center, axes, angle, value=1, start=0, end=360) -> np.ndarray:
     mask = np.zeros(mask_shape, np.uint8)
-    cv2.ellipse(
-        mask,
-        (int(round(center[0] * 16)), int(round(center[1] * 16))),
-        (max(1, int(round(axes[0] * 16))), max(1, int(round(axes[1] * 16)))),
-        angle,
-        start,
-        end,
-        value,
-        thickness=-1,
-        lineType=cv2.LINE_8,
-        shift=4,
-    )
+    cv2.ellipse(mask, (int(round(center[0] * 16)), int(round(center[1] * 16))),
+                (max(1, int(round(axes[0] * 16))), max(1, int(round(axes[1] * 16)))),
+                angle, start, end, value, thickness=-1, lineType=cv2.LINE_8, shift=4)  # shift=4: 1/16 px
     return mask.astype(bool)
 
 
@@ -235,9 +212,8 @@ def _lesion_mask(lesion, grow, shape, center, inner_axes, rot, ventricles, sulci
     if lesion.subtype == "subdural":
         # Crescent: the rim just inside the inner table over an arc of the head.
         thickness = s * 0.026 * size
-        rim = _ellipse(shape, center, inner_axes, rot) & ~_ellipse(
-            shape, center, (inner_axes[0] - thickness, inner_axes[1] - thickness), rot
-        )
+        inside = (inner_axes[0] - thickness, inner_axes[1] - thickness)
+        rim = _ellipse(shape, center, inner_axes, rot) & ~_ellipse(shape, center, inside, rot)
         half_arc = 45 + 25 * size
         start = np.rad2deg(lesion.angle)
         sector = _ellipse(shape, center, (s, s), rot, 1, start - half_arc, start + half_arc)

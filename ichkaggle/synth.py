@@ -37,11 +37,8 @@ class SynthSummary:
 
     def describe(self) -> str:
         rates = ", ".join(f"{k} {v:.1%}" for k, v in self.label_rates.items())
-        return (
-            f"wrote {self.train_images} train slices ({self.train_series} series) and "
-            f"{self.test_images} test slices ({self.test_series} series) to {self.out}\n"
-            f"train label rates: {rates}"
-        )
+        return (f"wrote {self.train_images} train slices ({self.train_series} series) and "
+                f"{self.test_images} test slices ({self.test_series} series) to {self.out}\ntrain label rates: {rates}")
 
 
 def load_config(path: str | os.PathLike | None = None, **overrides) -> PhantomConfig:
@@ -94,9 +91,8 @@ def _series_header(rng: np.random.Generator, ids: _Ids, size: int) -> SeriesHead
     )
 
 
-def _write_split(
-    folder: Path, n_images: int, rng: np.random.Generator, ids: _Ids, config: PhantomConfig, progress: tqdm
-) -> tuple[list[tuple[str, dict]], int]:
+def _write_split(folder: Path, n_images: int, rng: np.random.Generator, ids: _Ids, config: PhantomConfig,
+                 progress: tqdm) -> tuple[list[tuple[str, dict]], int]:
     """Series after series until n_images slices are written; returns (id, labels) rows."""
     folder.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, dict]] = []
@@ -125,14 +121,8 @@ def _long_table(rows: list[tuple[str, dict]], value=None) -> pd.DataFrame:
     return wide_to_long(wide)
 
 
-def synthesize(
-    out: str | os.PathLike,
-    n_train: int = 1200,
-    n_test: int = 300,
-    seed: int = 0,
-    config: PhantomConfig | None = None,
-    show_progress: bool = True,
-) -> SynthSummary:
+def synthesize(out: str | os.PathLike, n_train: int = 1200, n_test: int = 300, seed: int = 0,
+               config: PhantomConfig | None = None, show_progress: bool = True) -> SynthSummary:
     """Write the synthetic competition directory; same seed and config -> same files."""
     config = config or PhantomConfig()
     out = Path(out)
