@@ -24,8 +24,6 @@ def assign_folds(patients, labels, k: int = 5, seed: int = 0) -> np.ndarray:
     order. Each label's count and the image count get a per-fold target (total / k);
     adding a patient to fold f changes the squared relative deviation from the targets
     by ``2 * g . w * (C_f - T) + const``, so the best fold is an argmin over k values.
-    Patients with the most (rarity-weighted) positives are placed first, while there is
-    still room to balance. Deterministic for a given seed.
     """
     patients = np.asarray(patients, dtype=object).reshape(-1)
     labels = np.asarray(labels)
@@ -63,9 +61,7 @@ def assign_folds(patients, labels, k: int = 5, seed: int = 0) -> np.ndarray:
     return group_fold[codes]
 
 
-def add_fold_column(
-    metadata: pd.DataFrame, labels: pd.DataFrame, k: int = 5, seed: int = 0
-) -> pd.DataFrame:
+def add_fold_column(metadata: pd.DataFrame, labels: pd.DataFrame, k: int = 5, seed: int = 0) -> pd.DataFrame:
     """Folds for the labelled, successfully prepared images.
 
     ``metadata``: ``ichkaggle prepare``'s table (``ID``, ``status``, ``PatientID``, ...);
@@ -87,9 +83,7 @@ def add_fold_column(
     missing_patient = meta_ok["PatientID"].isna() | (meta_ok["PatientID"].astype(str) == "")
     if missing_patient.any():
         bad = meta_ok.loc[missing_patient, "ID"]
-        raise TableError(
-            f"{len(bad)} ok metadata rows have no PatientID: {', '.join(map(str, bad[:5]))}"
-        )
+        raise TableError(f"{len(bad)} ok metadata rows have no PatientID: {', '.join(map(str, bad[:5]))}")
     label_index = pd.Index(labels["ID"].to_numpy(dtype=object))
     if not label_index.is_unique:
         raise TableError("label table repeats IDs")
@@ -99,10 +93,9 @@ def add_fold_column(
     array = labels[list(LABELS)].to_numpy()[where[has_label]].astype(np.int8)
     if len(chosen) == 0:
         raise TableError("no image is both prepared (status ok) and labelled: check the IDs")
-    folds = assign_folds(chosen["PatientID"].astype(str).to_numpy(dtype=object), array, k, seed)
-    out = pd.DataFrame({"ID": chosen["ID"].to_numpy(dtype=object),
-                        "PatientID": chosen["PatientID"].astype(str).to_numpy(dtype=object),
-                        **{c: chosen[c].to_numpy() for c in carried}, "fold": folds,
+    patients = chosen["PatientID"].astype(str).to_numpy(dtype=object)
+    out = pd.DataFrame({"ID": chosen["ID"].to_numpy(dtype=object), "PatientID": patients,
+                        **{c: chosen[c].to_numpy() for c in carried}, "fold": assign_folds(patients, array, k, seed),
                         **{name: array[:, j] for j, name in enumerate(LABELS)}})
     out[FASTAI_COLUMN] = fastai_strings(array)
     labelled = pd.Index(chosen["ID"].to_numpy(dtype=object))

@@ -39,13 +39,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     write_csv(table, args.out_csv)
     attrs = table.attrs
-    print(
-        f"{len(table)} images of {table['PatientID'].nunique()} patients in {args.k} folds -> {args.out_csv}"
-    )
-    print(
-        f"left out: {attrs['failed']} failed, {attrs['unlabelled']} without labels (test), "
-        f"{attrs['labels_without_image']} labels without a prepared image"
-    )
-    summary = fold_summary(table)
-    print(summary.to_string(formatters={name: "{:.2%}".format for name in LABELS}))
+    print(f"{len(table)} images of {table['PatientID'].nunique()} patients in {args.k} folds -> {args.out_csv}")
+    print(f"left out: {attrs['failed']} failed, {attrs['unlabelled']} without labels (test), "
+          f"{attrs['labels_without_image']} labels without a prepared image")
+    print(fold_summary(table).to_string(formatters={name: "{:.2%}".format for name in LABELS}))
     return 0
