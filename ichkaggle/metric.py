@@ -15,6 +15,8 @@ import pandas as pd
 
 from . import LABELS
 from .errors import TableError
+from .labels import assemble_wide
+from .tables import examples, match_rows, parse_numbers, read_long_columns, split_ids
 
 #: Per-label weights in LABELS order (any first).
 WEIGHTS = np.array([2.0, 1.0, 1.0, 1.0, 1.0, 1.0])
@@ -57,11 +59,8 @@ def per_label_log_loss(y_true, y_pred, eps: float = EPS) -> dict[str, float]:
 
 
 def weighted_log_loss(y_true, y_pred, eps: float = EPS) -> float:
-    """The competition metric for ``(N, 6)`` arrays in LABELS order.
-
-    ``y_true`` is 0/1 (soft targets also work); ``y_pred`` probabilities. Equals
-    ``sum(w_l * per_label_l) / 7`` with ``w = (2, 1, 1, 1, 1, 1)``.
-    """
+    """The competition metric for ``(N, 6)`` arrays in LABELS order: ``y_true`` 0/1 (soft targets
+    also work), ``y_pred`` probabilities. Equals ``sum(WEIGHTS * per_label) / 7``."""
     y_true, y_pred = _check_arrays(y_true, y_pred)
     per_image = _bce(y_true, y_pred, eps) @ WEIGHTS / WEIGHTS.sum()
     return float(per_image.mean())
@@ -80,13 +79,9 @@ class Score:
 
     def lines(self) -> list[str]:
         """Human-readable breakdown; the last line is the bare number."""
-        out = [f"images: {self.n_images}"]
-        for name, value in self.per_label.items():
-            weight = WEIGHTS[LABELS.index(name)]
-            out.append(f"{name:<17} {value:.6f}  (weight {weight:g})")
-        out.append("weighted log loss:")
-        out.append(f"{self.score:.6f}")
-        return out
+        per_label = [f"{name:<17} {value:.6f}  (weight {WEIGHTS[LABELS.index(name)]:g})"
+                     for name, value in self.per_label.items()]
+        return [f"images: {self.n_images}", *per_label, "weighted log loss:", f"{self.score:.6f}"]
 
 
 def score_columns(pred_ids, pred_labels, truth_ids, truth_labels, *, eps: float = EPS,
@@ -98,9 +93,6 @@ def score_columns(pred_ids, pred_labels, truth_ids, truth_labels, *, eps: float 
     is not a finite number in [0, 1]. The truth must be a valid label table (six 0/1 rows
     per image). Rows may come in any order. ``first_line``: CSV line of row 0, for messages.
     """
-    from .labels import assemble_wide
-    from .tables import examples, match_rows, parse_numbers, split_ids
-
     truth_ids = np.asarray(truth_ids, dtype=object)
     pred_ids = np.asarray(pred_ids, dtype=object)
     split = split_ids(truth_ids)
@@ -140,8 +132,6 @@ def score_columns(pred_ids, pred_labels, truth_ids, truth_labels, *, eps: float 
 
 def score_files(pred_csv, truth_csv, *, eps: float = EPS) -> Score:
     """Score two long ``ID,Label`` CSVs (what ``ichkaggle score`` runs); messages name lines."""
-    from .tables import read_long_columns
-
     pred_ids, pred_labels = read_long_columns(pred_csv, "predictions")
     truth_ids, truth_labels = read_long_columns(truth_csv, "truth")
     return score_columns(pred_ids, pred_labels, truth_ids, truth_labels, eps=eps, first_line=2)
