@@ -44,11 +44,10 @@ def assemble_wide(split: SplitIds, values: np.ndarray, raw_ids=None, raw_values=
     key = codes * 6 + labs
 
     def show(rows: np.ndarray, with_value: bool = False) -> str:
-        parts = []
-        for row, name in zip(rows[:N_EXAMPLES], line_names(rows[:N_EXAMPLES], first_line)):
-            parts.append(name + (f" {str(raw_ids[row])!r}" if raw_ids is not None else "")
-                         + (f" = {str(raw_values[row])!r}" if with_value and raw_values is not None else ""))
-        return ", ".join(parts) + (", ..." if len(rows) > N_EXAMPLES else "")
+        shown = rows[:N_EXAMPLES + 1]
+        return examples(name + (f" {str(raw_ids[row])!r}" if raw_ids is not None else "")
+                        + (f" = {str(raw_values[row])!r}" if with_value and raw_values is not None else "")
+                        for row, name in zip(shown, line_names(shown, first_line)))
 
     malformed = codes < 0
     unknown = ~malformed & (labs < 0)

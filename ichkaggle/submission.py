@@ -21,8 +21,8 @@ from . import LABELS, SUBTYPES
 from .errors import TableError
 from .labels import FILE_ORDER
 from .files import write_atomic
-from .tables import (N_EXAMPLES, RowMatch, SplitIds, examples, header, long_ids, match_rows, parse_numbers,
-                     read_csv, split_ids)
+from .tables import (N_EXAMPLES, RowMatch, SplitIds, examples, header, line_names, long_ids, match_rows,
+                     parse_numbers, read_csv, split_ids)
 
 #: Default bounds of the ``clip`` step: a confident mistake then costs at most ~13.8.
 CLIP = (1e-6, 1.0 - 1e-6)
@@ -80,9 +80,7 @@ def read_sample(sample: pd.DataFrame | str | os.PathLike) -> Sample:
     """The sample as a table or a file; a file is read and split once per process (writing a
     submission and then checking it reads it once: ~0.9 s of stage 2's 3 s budget)."""
     if isinstance(sample, pd.DataFrame):
-        if "ID" not in sample.columns:
-            raise TableError("the sample submission has no ID column")
-        return _checked_sample(sample["ID"].to_numpy(dtype=object))
+        return _checked_sample(sample, "the sample submission")
     path = Path(sample).resolve()
     stat = path.stat() if path.is_file() else None
     return _read_sample_file(path, stat and (stat.st_mtime_ns, stat.st_size))
@@ -90,20 +88,19 @@ def read_sample(sample: pd.DataFrame | str | os.PathLike) -> Sample:
 
 @functools.lru_cache(maxsize=4)
 def _read_sample_file(path: Path, _version) -> Sample:
-    if "ID" not in header(path, "sample submission"):
-        raise TableError(f"the sample submission {path} has no ID column")
     table = read_csv(path, "sample submission", dtype={"ID": object}, na_filter=False)
-    return _checked_sample(table["ID"].to_numpy(dtype=object))
+    return _checked_sample(table, f"the sample submission {path}")
 
 
-def _checked_sample(ids: np.ndarray) -> Sample:
-    """Refuse a sample that is not one: every id ``ID_<hex>_<label>``, each once."""
+def _checked_sample(table: pd.DataFrame, what: str) -> Sample:
+    """Refuse a sample that is not one: an ID column, every id ``ID_<hex>_<label>``, each once."""
+    if "ID" not in table.columns:
+        raise TableError(f"{what} has no ID column")
+    ids = table["ID"].to_numpy(dtype=object)
     split = split_ids(ids)
     parsed = split.label_codes >= 0
-    key = np.where(parsed, split.image_codes * len(LABELS) + split.label_codes, 0)  # one per parsed id
-    repeated = np.zeros(len(key), dtype=bool)
-    repeated[parsed] = pd.Index(key[parsed]).duplicated()  # integers: cheap to hash
-    bad = np.flatnonzero(~parsed | repeated)
+    key = np.where(parsed, split.image_codes * len(LABELS) + split.label_codes, -1 - np.arange(len(ids)))
+    bad = np.flatnonzero(~parsed | pd.Index(key).duplicated())  # integers: cheap to hash
     if len(bad):
         raise TableError(f"the sample submission has {len(bad)} malformed or repeated IDs "
                          f"(e.g. {examples(repr(ids[r]) for r in bad[:N_EXAMPLES + 1])}); "
@@ -204,15 +201,6 @@ class CheckReport:
         return [head] + ["  " + p.line() for p in self.problems]
 
 
-def _read_submission(submission: pd.DataFrame | str | os.PathLike) -> tuple[list[str], pd.DataFrame]:
-    """(header, table with ID and Label as text) of a file or a table."""
-    if isinstance(submission, pd.DataFrame):
-        return [str(c) for c in submission.columns], submission
-    columns = header(submission, "submission")
-    dtype = {name: object for name in columns if name != "Label"}  # Label parses as float when it can
-    return columns, read_csv(submission, "submission", dtype=dtype, na_filter=False)
-
-
 def check_submission(submission: pd.DataFrame | str | os.PathLike,
                      sample: pd.DataFrame | str | os.PathLike) -> CheckReport:
     """Check a submission against the sample submission and report every problem.
@@ -223,8 +211,12 @@ def check_submission(submission: pd.DataFrame | str | os.PathLike,
     and ``out-of-range`` (Label outside [0, 1]). Examples name CSV lines for files (header
     = line 1), row positions for tables. A sample that is not one raises TableError.
     """
-    where_first = None if isinstance(submission, pd.DataFrame) else 2
-    columns, table = _read_submission(submission)
+    if isinstance(submission, pd.DataFrame):
+        columns, table, where_first = [str(c) for c in submission.columns], submission, None
+    else:
+        columns, where_first = header(submission, "submission"), 2
+        dtype = {name: object for name in columns if name != "Label"}  # Label parses as float when it can
+        table = read_csv(submission, "submission", dtype=dtype, na_filter=False)
     sample = read_sample(sample)
     sample_ids, split = sample.ids, sample.split
     problems: list[Problem] = []
@@ -239,9 +231,9 @@ def check_submission(submission: pd.DataFrame | str | os.PathLike,
     def add(kind: str, message: str, mask: np.ndarray, text: Callable[[int], str]) -> None:
         rows = np.flatnonzero(mask)
         if len(rows):
-            at = [f"line {r + where_first}" if where_first else f"row {r}" for r in rows[:N_EXAMPLES]]
+            shown = rows[:N_EXAMPLES]
             problems.append(Problem(kind, len(rows), message,
-                                    tuple(f"{w} {text(r)}" for w, r in zip(at, rows[:N_EXAMPLES]))))
+                                    tuple(f"{at} {text(r)}" for at, r in zip(line_names(shown, where_first), shown))))
 
     if len(ids) == len(sample_ids) and np.array_equal(ids, sample_ids):  # the sample's rows, in its order
         match = RowMatch(np.arange(len(ids)), np.zeros(0, np.int64), np.zeros(0, np.int64))

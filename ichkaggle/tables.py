@@ -36,9 +36,8 @@ def examples(items, limit: int = N_EXAMPLES) -> str:
 
 def line_names(positions, first_line: int | None) -> list[str]:
     """Rows as CSV line numbers (``first_line`` = line of row 0) or as row positions."""
-    if first_line is None:
-        return [f"row {int(p)}" for p in np.asarray(positions)]
-    return [f"line {int(p) + first_line}" for p in np.asarray(positions)]
+    word, offset = ("row", 0) if first_line is None else ("line", first_line)
+    return [f"{word} {int(p) + offset}" for p in np.asarray(positions)]
 
 
 # ---------------------------------------------------------------------------- files
