@@ -29,15 +29,9 @@ class Window(NamedTuple):
 
 
 #: Named windows in HU (center, width). The first three are the default channels.
-PRESETS: dict[str, Window] = {
-    "brain": Window(40, 80, "brain"),
-    "subdural": Window(80, 200, "subdural"),
-    "bone": Window(600, 2800, "bone"),
-    "soft_tissue": Window(40, 380, "soft_tissue"),
-    "stroke": Window(40, 40, "stroke"),
-    "blood": Window(60, 40, "blood"),
-    "wide": Window(400, 2800, "wide"),
-}
+PRESETS: dict[str, Window] = {name: Window(center, width, name) for name, (center, width) in {
+    "brain": (40, 80), "subdural": (80, 200), "bone": (600, 2800), "soft_tissue": (40, 380),
+    "stroke": (40, 40), "blood": (60, 40), "wide": (400, 2800)}.items()}
 DEFAULT_WINDOWS: tuple[Window, ...] = (PRESETS["brain"], PRESETS["subdural"], PRESETS["bone"])
 
 
