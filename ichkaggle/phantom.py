@@ -82,7 +82,8 @@ def plan_series(rng: np.random.Generator, config: PhantomConfig) -> SeriesPlan:
     for subtype in SUBTYPES:
         if rng.random() >= config.subtype_rates.get(subtype, 0.0):
             continue
-        lo, hi = _slice_range(subtype, n)
+        # ventricles only exist mid-head; the other bleeds sit anywhere above the base
+        lo, hi = _ventricle_range(n) if subtype == "intraventricular" else (int(round(0.15 * n)), int(round(0.9 * n)))
         count = int(rng.integers(config.lesion_slices_min, config.lesion_slices_max + 1))
         count = max(1, min(count, hi - lo))
         first = int(rng.integers(lo, max(lo + 1, hi - count + 1)))
@@ -99,13 +100,6 @@ def plan_series(rng: np.random.Generator, config: PhantomConfig) -> SeriesPlan:
         lesions=tuple(lesions),
         seed=int(rng.integers(0, 2**31 - 1)),
     )
-
-
-def _slice_range(subtype: str, n: int) -> tuple[int, int]:
-    """Slices where a subtype may sit: ventricles only exist mid-head, the rest above the base."""
-    if subtype == "intraventricular":
-        return _ventricle_range(n)
-    return int(round(0.15 * n)), int(round(0.9 * n))
 
 
 def _ventricle_range(n: int) -> tuple[int, int]:
