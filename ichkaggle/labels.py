@@ -77,8 +77,6 @@ def assemble_wide(split: SplitIds, values: np.ndarray, raw_ids=None, raw_values=
 def _disagreeing_repeats(split: SplitIds, key, values, valid, counts, first_line) -> list[str]:
     """(image, label) pairs given more than once with different values."""
     rows = np.flatnonzero(valid & (counts[np.where(valid, key, 0)] > 1))
-    if not len(rows):
-        return []
     groups = pd.DataFrame({"key": key[rows], "v": values[rows], "row": rows})
     nunique = groups.groupby("key")["v"].nunique()
     bad_keys = nunique.index[nunique > 1].to_numpy()
