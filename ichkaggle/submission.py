@@ -228,38 +228,31 @@ def check_submission(submission: pd.DataFrame | str | os.PathLike,
     raw = table["Label"].to_numpy()
     values, non_numeric = parse_numbers(raw)
 
-    def add(kind: str, message: str, mask: np.ndarray, text: Callable[[int], str]) -> None:
-        rows = np.flatnonzero(mask)
+    def add(kind: str, message: str, rows: np.ndarray, text: Callable[[int], str]) -> None:
         if len(rows):
-            shown = rows[:N_EXAMPLES]
-            problems.append(Problem(kind, len(rows), message,
-                                    tuple(f"{at} {text(r)}" for at, r in zip(line_names(shown, where_first), shown))))
+            problems.append(Problem(kind, len(rows), message, tuple(text(r) for r in rows[:N_EXAMPLES])))
+
+    def named(row: int) -> str:  # the row's line (or position) and its ID
+        return f"{line_names([row], where_first)[0]} {ids[row]!r}"
 
     if len(ids) == len(sample_ids) and np.array_equal(ids, sample_ids):  # the sample's rows, in its order
         match = RowMatch(np.arange(len(ids)), np.zeros(0, np.int64), np.zeros(0, np.int64))
     else:
         match = match_rows(sample_ids, ids)
     position = match.position  # the sample row of each submission row, -1: none
-    repeats = np.zeros(len(ids), dtype=bool)
-    repeats[match.repeats] = True
-    add("duplicate", "rows repeat an earlier ID", repeats, lambda r: repr(ids[r]))
-    add("extra", "rows have an ID not in the sample", position < 0, lambda r: repr(ids[r]))
-    missing = match.missing
-    if len(missing):
-        problems.append(Problem("missing", len(missing), "sample IDs are absent",
-                                tuple(repr(sample_ids[r]) for r in missing[:N_EXAMPLES])))
+    add("duplicate", "rows repeat an earlier ID", match.repeats, named)
+    add("extra", "rows have an ID not in the sample", np.flatnonzero(position < 0), named)
+    add("missing", "sample IDs are absent", match.missing, lambda r: repr(sample_ids[r]))
     counts = np.bincount(split.image_codes[position[position >= 0]], minlength=len(split.image_ids))
-    odd = np.flatnonzero((counts > 0) & (counts != len(LABELS)))
-    if len(odd):
-        problems.append(Problem("rows-per-image", len(odd), "images do not have exactly six rows",
-                                tuple(f"{split.image_ids[i]} ({counts[i]} rows)" for i in odd[:N_EXAMPLES])))
+    add("rows-per-image", "images do not have exactly six rows", np.flatnonzero((counts > 0) & (counts != len(LABELS))),
+        lambda i: f"{split.image_ids[i]} ({counts[i]} rows)")
     finite = np.isfinite(values)
     for kind, message, mask in (
         ("non-numeric", "Label values are not numbers", non_numeric),
         ("non-finite", "Label values are NaN or infinite", ~finite & ~non_numeric),
         ("out-of-range", "Label values are outside [0, 1]", finite & ((values < 0) | (values > 1))),
     ):
-        add(kind, message, mask, lambda r: f"{ids[r]!r} = {str(raw[r])!r}")
+        add(kind, message, np.flatnonzero(mask), lambda r: f"{named(r)} = {str(raw[r])!r}")
     good = values[finite]
     return CheckReport(n_rows=len(ids), n_images=int((counts > 0).sum()), n_sample_rows=len(sample_ids),
                        problems=tuple(problems),
