@@ -1,9 +1,7 @@
 """Submissions: predictions -> the long CSV Kaggle expects, and a checker for such files.
 
-``postprocess`` applies named steps (a registry, so a config can list them);
-``write_submission`` lays an ``(N, 6)`` array out in the sample submission's row order and
-replaces the file atomically; ``check_submission`` lists every problem a file has, each
-with its count and first examples, so one run shows everything wrong, not the first.
+Post-processing steps are a registry so a config can list them by name; the checker lists
+every problem with its count and first examples, so one run shows everything wrong.
 """
 
 from __future__ import annotations
