@@ -27,17 +27,20 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import itertools
 import json
 import os
 import re
 import sys
 import threading
 import time
+from email.utils import parsedate_to_datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 from .errors import UserError
+from .plan import Quota
 
 COMPETITION = "rsna-intracranial-hemorrhage-detection"
 #: what stands for the user's Kaggle name in the templates (kernels/, datasets/)
@@ -180,10 +183,6 @@ class Problem:
     status: int | None = None
     retry_after: float | None = None  # seconds a 429 or 503 asked us to wait
 
-    @property
-    def transient(self) -> bool:
-        return self.kind == "transient"
-
 
 def _server_message(response) -> str:
     try:
@@ -215,8 +214,6 @@ def retry_after(value: str | None, now: Callable[[], float] = time.time) -> floa
     except ValueError:
         pass
     try:
-        from email.utils import parsedate_to_datetime
-
         return max(0.0, parsedate_to_datetime(value).timestamp() - now())
     except (TypeError, ValueError):
         return None
@@ -236,12 +233,9 @@ def classify(err: Exception) -> Problem:
     if isinstance(err, requests.HTTPError) and err.response is not None:
         status = err.response.status_code
         message = _server_message(err.response) or str(err)
-        if status == 401:
-            return Problem("auth", message, status)
-        if status == 403:
-            return Problem("forbidden", message, status)
-        if status == 404:
-            return Problem("not_found", message, status)
+        kind = {401: "auth", 403: "forbidden", 404: "not_found"}.get(status)
+        if kind:
+            return Problem(kind, message, status)
         if status == 429 or status >= 500:
             wait = retry_after(err.response.headers.get("Retry-After")) if status in (429, 503) else None
             return Problem("transient", f"HTTP {status}: {message}", status, wait)
@@ -300,11 +294,17 @@ def poll(
 # ----------------------------------------------------------------------------- results
 
 
-@dataclass(frozen=True)
-class KernelPush:
+@dataclass
+class PushedKernel:
+    """A pushed kernel version and, as it is followed, what became of it."""
+
     ref: str
     version: int
     url: str
+    status: str = "PUSHED"
+    failure_message: str = ""
+    output: str = ""
+    log: str = ""
 
 
 @dataclass(frozen=True)
@@ -333,22 +333,11 @@ class SubmissionInfo:
 # ----------------------------------------------------------------------------- the client
 
 
-@contextlib.contextmanager
-def _quiet_import_environment():
-    """``import kaggle`` authenticates at import: keep it silent and off the network."""
-    saved = os.environ.pop("KAGGLE_API_TOKEN", None)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        if saved is not None:
-            os.environ["KAGGLE_API_TOKEN"] = saved
-
-
 def _api_class():
     """A ``KaggleApi`` that builds its clients with our one credential and never retries itself."""
+    saved = os.environ.pop("KAGGLE_API_TOKEN", None)  # `import kaggle` authenticates: keep it silent, offline
     try:
-        with _quiet_import_environment():
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             from kaggle.api.kaggle_api_extended import KaggleApi
             from kagglesdk import KaggleClient
             from kagglesdk.kaggle_env import get_env
@@ -356,6 +345,9 @@ def _api_class():
         raise UserError(
             f"the Kaggle client is not installed ({err}): pip install 'ichkaggle[kaggle]' (kaggle, six)"
         ) from None
+    finally:
+        if saved is not None:
+            os.environ["KAGGLE_API_TOKEN"] = saved
 
     class Api(KaggleApi):
         credentials: Credentials
@@ -461,9 +453,7 @@ class KaggleSession:
         returned instead of retrying.
         """
         started, delay = self.clock(), self.first_delay
-        attempt = 0
-        while True:
-            attempt += 1
+        for attempt in itertools.count(1):
             try:
                 with _quiet_client_output(self):
                     return _within(self.timeout, fn, *args, **kwargs)
@@ -476,7 +466,7 @@ class KaggleSession:
             asked = problem.retry_after is not None
             wait = problem.retry_after if asked else delay
             in_time = wait <= self.longest_retry_after if asked else self.clock() - started + wait <= self.deadline
-            if problem.transient and attempt < self.attempts and in_time:
+            if problem.kind == "transient" and attempt < self.attempts and in_time:
                 because = " as its Retry-After asks" if asked else ""
                 self.log(f"{what}: {problem.text}; retrying in {wait:.3g}s{because} ({attempt}/{self.attempts - 1})")
                 self.sleep(wait)
@@ -499,7 +489,7 @@ class KaggleSession:
                     f"to another user than {creds.username}, or the account is not phone-verified (needed for GPU)")
         elif problem.kind == "not_found":
             text = f"not found on Kaggle (HTTP 404): {problem.text}"
-        elif problem.transient:
+        elif problem.kind == "transient":
             late = (f"; it asked to retry after {problem.retry_after:.0f}s, beyond the "
                     f"{self.longest_retry_after:.0f}s this command waits"
                     if problem.retry_after and problem.retry_after > self.longest_retry_after else "")
@@ -512,7 +502,7 @@ class KaggleSession:
     # -- kernels
 
     def push_kernel(self, folder: str | os.PathLike, accelerator: str | None = None,
-                    timeout: int | None = None) -> KernelPush:
+                    timeout: int | None = None) -> PushedKernel:
         meta = json.loads((Path(folder) / "kernel-metadata.json").read_text())
         ref = meta.get("id", str(folder))
         answer = self.call(f"push kernel {ref}", self.api.kernels_push, str(folder),
@@ -532,7 +522,7 @@ class KaggleSession:
         if not version:
             raise KaggleError(f"push kernel {ref}: Kaggle's answer has no version number: {answer}", kind="refused")
         url = getattr(answer, "url", "") or f"https://www.kaggle.com/code/{ref}"
-        return KernelPush(ref, version, url)
+        return PushedKernel(ref, version, url)
 
     def _versioned(self, what: str, fn: Callable[[str], T], ref: str, version: int | None) -> T:
         """``fn`` on ``ref/version``; a server that does not know version labels gets ``ref``."""
@@ -627,8 +617,6 @@ class KaggleSession:
 
     def quota(self):
         """The weekly GPU quota (``kaggle quota``): a :class:`~ichkaggle.plan.Quota` in hours."""
-        from .plan import Quota
-
         answer = self.call("GPU quota", self.api.quota_view)
         gpu = getattr(answer, "gpu_quota", None)
         if gpu is None:
@@ -658,12 +646,10 @@ class KaggleSession:
 
         def landed() -> int | None:
             """A submission of this file and message that a failed attempt created anyway."""
-            try:
+            with contextlib.suppress(KaggleError):
                 for sub in self.submissions(competition):
                     if sub.ref not in known and sub.description == message and sub.file_name == csv.name:
                         return sub.ref
-            except KaggleError:
-                return None
             return None
 
         what = f"submit {csv.name} to {competition}"
@@ -687,8 +673,7 @@ class KaggleSession:
         """Poll the submissions list until this submission is COMPLETE (returned) or ERROR (raised)."""
 
         def fetch() -> SubmissionInfo:
-            rows = self.submissions(competition)
-            for row in rows:
+            for row in self.submissions(competition):
                 if (ref and row.ref == ref) or (not ref and row.description == message
                                                 and row.file_name == file_name):
                     return row

@@ -16,15 +16,20 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .bundle import (SRC_DATASET, dataset_files, metadata_json, refuse_credentials, render_dataset_metadata,
+                     stale_bundle)
 from .errors import UserError
+from .experiment import CONFIG_DIR, load_experiment
 from .files import sha256_file
-from .kaggle_api import COMPETITION, KERNEL_FAILED, PLACEHOLDER_OWNER, KaggleSession, KernelStatus
+from .kaggle_api import (COMPETITION, KERNEL_FAILED, PLACEHOLDER_OWNER, KaggleSession, KernelStatus, PushedKernel,
+                         poll, secret_values)
 
 TRAIN = "train"
 INFER = "infer"
@@ -34,19 +39,11 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
-def _warn(message: str) -> None:
-    import sys
-
-    print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
 def warn_if_stale(layout: "Layout") -> None:
     """The kernels install the pushed bundle: say so when the local one lags the source."""
-    from .bundle import SRC_DATASET, stale_bundle
-
     reason = stale_bundle(layout.datasets / SRC_DATASET)
     if reason:
-        _warn(reason)
+        print(f"warning: {reason}", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- options
@@ -107,8 +104,6 @@ def parse_folds(spec: str | None) -> list[int] | None:
 
 def experiment_folds(config: str, folds: list[int] | None) -> tuple[object, list[int]]:
     """The experiment (validated here, before any GPU minute) and the folds to run."""
-    from .experiment import load_experiment
-
     experiment = load_experiment(config)
     folds = folds if folds is not None else [experiment.data.fold]
     bad = [f for f in folds if not 0 <= f < experiment.data.n_folds]
@@ -119,9 +114,6 @@ def experiment_folds(config: str, folds: list[int] | None) -> tuple[object, list
 
 def kernel_config_name(config: str, layout: Layout) -> str:
     """The name the kernel finds the config by: a bundled config, or a TOML in the src dataset."""
-    from .bundle import SRC_DATASET
-    from .experiment import CONFIG_DIR
-
     stem = Path(config).stem if Path(config).suffix == ".toml" else Path(config).name
     for known in (CONFIG_DIR / f"{stem}.toml", layout.datasets / SRC_DATASET / f"{stem}.toml"):
         if known.is_file() and (not Path(config).is_file() or Path(config).read_bytes() == known.read_bytes()):
@@ -162,13 +154,7 @@ def set_variables(script: str, variables: dict, where: str = "script") -> str:
     return script
 
 
-def script_variables(script: str) -> set[str]:
-    return set(re.findall(r"^(CONFIG|FOLDS|FOLD) = ", script, re.MULTILINE))
-
-
 def _secrets(session: KaggleSession | None) -> list[str]:
-    from .kaggle_api import secret_values
-
     return list(session.secrets) if session is not None else secret_values()
 
 
@@ -176,8 +162,6 @@ def render_kernel(template: Path, dest: Path, owner: str, *, slug: str | None = 
                   variables: dict | None = None, kernel_sources: list[str] | None = None,
                   secrets: list[str] = ()) -> Path:
     """Write ``kernel-metadata.json`` and the code file of ``template`` into ``dest``, rendered."""
-    from .bundle import metadata_json, refuse_credentials
-
     meta = json.loads((template / "kernel-metadata.json").read_text())
     code_file = meta.get("code_file", "")
     if not code_file or not (template / code_file).is_file() or Path(code_file).name != code_file:
@@ -203,8 +187,6 @@ def render_kernel(template: Path, dest: Path, owner: str, *, slug: str | None = 
 
 def render_dataset(folder: Path, dest: Path, owner: str, secrets: list[str] = ()) -> tuple[Path, list[Path]]:
     """The upload folder of a dataset: rendered metadata + its allow-listed files (linked)."""
-    from .bundle import dataset_files, metadata_json, refuse_credentials, render_dataset_metadata
-
     meta = render_dataset_metadata(json.loads((folder / "dataset-metadata.json").read_text()), owner)
     files = dataset_files(folder, folder.name)
     if not files:
@@ -259,7 +241,8 @@ def kernel_jobs(name: str, owner: str, layout: Layout, config: str, folds: list[
     attached to each fold's train kernel when it has ``FOLDS``; else the template as is."""
     template, slug, title = kernel_template(layout, name)
     meta = json.loads((template / "kernel-metadata.json").read_text())
-    names = script_variables((template / meta.get("code_file", "")).read_text()) if meta.get("code_file") else set()
+    script = (template / meta["code_file"]).read_text() if meta.get("code_file") else ""
+    names = set(re.findall(r"^(CONFIG|FOLDS|FOLD) = ", script, re.MULTILINE))
     common = {"CONFIG": kernel_config_name(config, layout)} if "CONFIG" in names else {}
     if "FOLD" in names:
         return [KernelJob(template.name, template, f"{slug}-fold{k}", f"{title} fold{k}", {**common, "FOLD": k})
@@ -269,20 +252,6 @@ def kernel_jobs(name: str, owner: str, layout: Layout, config: str, folds: list[
         sources = tuple(f"{owner}/{train_slug}-fold{k}" for k in folds)
         return [KernelJob(template.name, template, slug, title, {**common, "FOLDS": list(folds)}, sources)]
     return [KernelJob(template.name, template, slug, title, common)]
-
-
-@dataclass
-class PushedKernel:
-    ref: str
-    version: int
-    url: str
-    status: str = "PUSHED"
-    failure_message: str = ""
-    output: str = ""
-    log: str = ""
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def push_job(session: KaggleSession, job: KernelJob, owner: str, accelerator: str | None = None,
@@ -300,8 +269,7 @@ def push_job(session: KaggleSession, job: KernelJob, owner: str, accelerator: st
         return render(keep / job.slug)
     with tempfile.TemporaryDirectory(prefix="ichkaggle-kernel-") as tmp:
         folder = render(Path(tmp) / job.slug)
-        pushed = session.push_kernel(folder, accelerator=accelerator if job.gpu else None)
-    return PushedKernel(pushed.ref, pushed.version, pushed.url)
+        return session.push_kernel(folder, accelerator=accelerator if job.gpu else None)
 
 
 def log_text(path: Path) -> str:
@@ -416,7 +384,7 @@ def push_dataset(session: KaggleSession, name: str, owner: str, layout: Layout, 
                  log: Callable[[str], None] = _print) -> str:
     """``ichkaggle push dataset NAME``: a new private dataset the first time, else a new version."""
     folder = _template_dir(layout.datasets, name, "dataset-metadata.json")
-    if folder.resolve() == (layout.datasets / "ichkaggle-src").resolve():
+    if folder.resolve() == (layout.datasets / SRC_DATASET).resolve():
         warn_if_stale(layout)
     if dry_run is not None:
         dest = dry_run / folder.name
@@ -436,8 +404,6 @@ def push_dataset(session: KaggleSession, name: str, owner: str, layout: Layout, 
         url = session.push_dataset(dest, notes or f"ichkaggle {time.strftime('%Y-%m-%d %H:%M')}", create=not exists)
     log(f"pushed dataset {ref}: {url}")
     if wait:
-        from .kaggle_api import poll
-
         status = poll(lambda: session.dataset_status(ref) or "missing",
                       lambda s: s in ("ready", "failed", "deleted"), what=f"dataset {ref}",
                       first=polling.first, longest=polling.longest, timeout=polling.timeout,

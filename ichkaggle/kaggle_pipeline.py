@@ -21,15 +21,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
 from .files import sha256_file, write_atomic
-from .kaggle_api import COMPETITION, KERNEL_FAILED, KaggleError, KaggleSession
-from .kaggle_flow import (INFER, TRAIN, KernelJob, Layout, Polling, PushedKernel, _print, check_csv,
-                          experiment_folds, failure_text, follow, kernel_config_name, kernel_template, push_job,
-                          warn_if_stale)
+from .kaggle_api import COMPETITION, KERNEL_FAILED, KaggleError, KaggleSession, PushedKernel
+from .kaggle_flow import (INFER, TRAIN, KernelJob, Layout, Polling, _print, check_csv, experiment_folds, failure_text,
+                          follow, kernel_config_name, kernel_template, push_job, warn_if_stale)
+from .plan import SESSION_HOURS, make_plan, record_throughput
 
 PREPARE = "prepare"
 STATE_VERSION = 2
@@ -63,8 +64,9 @@ class RunState:
         entry = self.data["kernels"].get(ref)
         return PushedKernel(**entry) if entry else None
 
-    def put(self, kernel: PushedKernel) -> None:
-        self.data["kernels"][kernel.ref] = kernel.as_dict()
+    def put(self, *kernels: PushedKernel) -> None:
+        for kernel in kernels:
+            self.data["kernels"][kernel.ref] = asdict(kernel)
         self.save()
 
     def fold(self, k: int) -> dict:
@@ -87,14 +89,9 @@ def _stage(session: KaggleSession, state: RunState, jobs: list[KernelJob], owner
             log(f"pushed {ref} version {kernel.version}: {kernel.url}")
             state.put(kernel)
         kernels.append(kernel)
-
-    def save() -> None:
-        for kernel in kernels:
-            state.data["kernels"][kernel.ref] = kernel.as_dict()
-        state.save()
-
     patterns = {job.ref(owner): job.fetch for job in jobs if job.fetch}
-    failed = follow(session, kernels, polling, out, weights=False, save=save, log=log, patterns=patterns)
+    failed = follow(session, kernels, polling, out, weights=False, save=lambda: state.put(*kernels), log=log,
+                    patterns=patterns)
     if failed:
         raise UserError("kernel run(s) failed:\n" + failure_text(failed) + "\nfix the cause (then `ichkaggle "
                         "bundle` + `push dataset` if the code changed) and run the same command again: finished "
@@ -169,8 +166,6 @@ def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config: str
                  state_path: Path | None = None, polling: Polling = Polling(), accelerator: str | None = None,
                  competition: str = COMPETITION, force: bool = False, log: Callable[[str], None] = _print) -> dict:
     """Prepare, train every fold in chained sessions, infer with their average, submit; resumable."""
-    from .plan import SESSION_HOURS, make_plan, record_throughput
-
     experiment, folds = experiment_folds(config, folds)
     accelerator = accelerator or DEFAULT_GPU
     identity = {"config": kernel_config_name(config, layout), "folds": folds, "owner": owner}
