@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import io
 import itertools
 import json
@@ -159,10 +160,9 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with every secret (and its Basic-auth encoding) and auth header replaced."""
     text = str(text)
     for secret in secrets:
-        if secret and secret in text:
+        if secret:
             text = text.replace(secret, "[REDACTED]")
-    text = re.sub(r"(Authorization['\"]?\s*[:=]\s*['\"]?(Basic|Bearer)\s+)[A-Za-z0-9+/=._-]+", r"\1[REDACTED]", text)
-    return text
+    return re.sub(r"(Authorization['\"]?\s*[:=]\s*['\"]?(Basic|Bearer)\s+)[A-Za-z0-9+/=._-]+", r"\1[REDACTED]", text)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -191,8 +191,7 @@ def _server_message(response) -> str:
             return str(data["message"])
     except Exception:  # noqa: BLE001 - any body that is not JSON
         pass
-    text = (getattr(response, "text", "") or "").strip()
-    return text[:300]
+    return (getattr(response, "text", "") or "").strip()[:300]
 
 
 def _connection_text(err: Exception) -> str:
@@ -209,10 +208,8 @@ def retry_after(value: str | None, now: Callable[[], float] = time.time) -> floa
     """Seconds of a ``Retry-After`` header: a number, or an HTTP date (RFC 9110 10.2.3)."""
     if not value:
         return None
-    try:
+    with contextlib.suppress(ValueError):
         return max(0.0, float(value))
-    except ValueError:
-        pass
     try:
         return max(0.0, parsedate_to_datetime(value).timestamp() - now())
     except (TypeError, ValueError):
@@ -222,6 +219,7 @@ def retry_after(value: str | None, now: Callable[[], float] = time.time) -> floa
 def classify(err: Exception) -> Problem:
     """What went wrong, in the terms the retry loop and the messages need."""
     import requests
+    import urllib3.exceptions as u3  # requests' own transport
 
     context = err.__context__
     if isinstance(err, ValueError) and isinstance(context, requests.HTTPError) and context.response is not None:
@@ -240,11 +238,8 @@ def classify(err: Exception) -> Problem:
             wait = retry_after(err.response.headers.get("Retry-After")) if status in (429, 503) else None
             return Problem("transient", f"HTTP {status}: {message}", status, wait)
         return Problem("other", f"HTTP {status}: {message}", status)
-    if isinstance(err, (requests.ConnectionError, requests.Timeout)):
-        return Problem("transient", _connection_text(err))
-    import urllib3.exceptions as u3  # requests' own transport
-
-    if isinstance(err, (u3.ProtocolError, u3.TimeoutError, u3.NewConnectionError)):
+    if isinstance(err, (requests.ConnectionError, requests.Timeout, u3.ProtocolError, u3.TimeoutError,
+                        u3.NewConnectionError)):
         return Problem("transient", _connection_text(err))
     text = str(err) or type(err).__name__
     if "Permission 'kernels.get' was denied" in text:
@@ -277,10 +272,9 @@ def poll(
     while True:
         value = fetch()
         shown = describe(value)
-        if shown != last:
-            last = shown
-            if on_change is not None:
-                on_change(value)
+        if shown != last and on_change is not None:
+            on_change(value)
+        last = shown
         if done(value):
             return value
         if clock() - started + interval > timeout:
@@ -415,7 +409,6 @@ class KaggleSession:
         self.timeout, self.sleep, self.clock = timeout, sleep, clock
         self.longest_retry_after = longest_retry_after
         self._log = log
-        self._api = None
         self.secrets = secret_values(self.credentials)
         if self.credentials.key:
             self.secrets.append(basic_auth_header(self.credentials).split()[1])
@@ -432,15 +425,13 @@ class KaggleSession:
     def scrub(self, text: str) -> str:
         return scrub(text, self.secrets)
 
-    @property
+    @functools.cached_property
     def api(self):
         """The client, configured through its public seams (see the module docstring)."""
-        if self._api is None:
-            api = _api_class()()
-            api.credentials = self.credentials
-            api.config_values = {"username": self.credentials.username}
-            self._api = api
-        return self._api
+        api = _api_class()()
+        api.credentials = self.credentials
+        api.config_values = {"username": self.credentials.username}
+        return api
 
     def call(self, what: str, fn: Callable[..., T], *args, before_retry: Callable[[], T | None] | None = None,
              **kwargs) -> T:

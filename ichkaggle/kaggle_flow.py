@@ -25,7 +25,7 @@ from typing import Callable
 
 from .bundle import (SRC_DATASET, dataset_files, metadata_json, refuse_credentials, render_dataset_metadata,
                      stale_bundle)
-from .errors import UserError
+from .errors import TableError, UserError
 from .experiment import CONFIG_DIR, load_experiment
 from .files import sha256_file
 from .kaggle_api import (COMPETITION, KERNEL_FAILED, PLACEHOLDER_OWNER, KaggleSession, KernelStatus, PushedKernel,
@@ -80,10 +80,8 @@ class Layout:
 
 def _project_dir(start: Path) -> Path | None:
     """``start`` or the first parent holding both kernels/ and datasets/."""
-    for folder in (start, *start.parents):
-        if (folder / "kernels").is_dir() and (folder / "datasets").is_dir():
-            return folder
-    return None
+    return next((folder for folder in (start, *start.parents)
+                 if (folder / "kernels").is_dir() and (folder / "datasets").is_dir()), None)
 
 
 def parse_folds(spec: str | None) -> list[int] | None:
@@ -126,11 +124,9 @@ def kernel_config_name(config: str, layout: Layout) -> str:
 
 
 def _template_dir(base: Path, name: str, metadata: str) -> Path:
-    path = Path(name)
-    if (path / metadata).is_file():
-        return path
-    if (base / name / metadata).is_file():
-        return base / name
+    for folder in (Path(name), base / name):
+        if (folder / metadata).is_file():
+            return folder
     known = sorted(p.name for p in base.iterdir() if (p / metadata).is_file()) if base.is_dir() else []
     raise UserError(f"{name}: no {metadata} in {base / name} (known: {', '.join(known) or 'none'})")
 
@@ -158,26 +154,22 @@ def _secrets(session: KaggleSession | None) -> list[str]:
     return list(session.secrets) if session is not None else secret_values()
 
 
-def render_kernel(template: Path, dest: Path, owner: str, *, slug: str | None = None, title: str | None = None,
-                  variables: dict | None = None, kernel_sources: list[str] | None = None,
-                  secrets: list[str] = ()) -> Path:
-    """Write ``kernel-metadata.json`` and the code file of ``template`` into ``dest``, rendered."""
+def render_kernel(job: KernelJob, dest: Path, owner: str, secrets: list[str] = ()) -> Path:
+    """Write ``kernel-metadata.json`` and the code file of ``job``'s template into ``dest``, rendered."""
+    template = job.template
     meta = json.loads((template / "kernel-metadata.json").read_text())
     code_file = meta.get("code_file", "")
     if not code_file or not (template / code_file).is_file() or Path(code_file).name != code_file:
         raise UserError(f"{template}/kernel-metadata.json: code_file {code_file!r} is not a file beside it")
-    base_slug = str(meta.get("id", "")).split("/")[-1]
-    meta["id"] = f"{owner}/{slug or base_slug}"
-    if title:
-        meta["title"] = title
+    meta["id"], meta["title"] = job.ref(owner), job.title
     for key in ("dataset_sources", "kernel_sources", "model_sources"):
         meta[key] = render_refs(meta.get(key, []), owner)
-    if kernel_sources is not None:
-        meta["kernel_sources"] = list(kernel_sources)
+    if job.kernel_sources is not None:
+        meta["kernel_sources"] = list(job.kernel_sources)
     meta["enable_internet"] = bool(meta.get("enable_internet", False))  # explicit: the client's default is on
     meta["is_private"] = bool(meta.get("is_private", True))
     meta.setdefault("competition_sources", [COMPETITION])
-    script = set_variables((template / code_file).read_text(), variables or {}, str(template / code_file))
+    script = set_variables((template / code_file).read_text(), job.variables, str(template / code_file))
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "kernel-metadata.json").write_text(metadata_json(meta))
     (dest / code_file).write_text(script)
@@ -257,18 +249,12 @@ def kernel_jobs(name: str, owner: str, layout: Layout, config: str, folds: list[
 def push_job(session: KaggleSession, job: KernelJob, owner: str, accelerator: str | None = None,
              keep: Path | None = None) -> PushedKernel | Path:
     """Render ``job`` and push it; with ``keep`` only render into that folder (a dry run)."""
-
-    def render(dest: Path) -> Path:
-        return render_kernel(job.template, dest, owner, slug=job.slug, title=job.title, variables=job.variables,
-                             kernel_sources=None if job.kernel_sources is None else list(job.kernel_sources),
-                             secrets=_secrets(session))
-
     if keep is not None:
         if (keep / job.slug).exists():
             shutil.rmtree(keep / job.slug)
-        return render(keep / job.slug)
+        return render_kernel(job, keep / job.slug, owner, _secrets(session))
     with tempfile.TemporaryDirectory(prefix="ichkaggle-kernel-") as tmp:
-        folder = render(Path(tmp) / job.slug)
+        folder = render_kernel(job, Path(tmp) / job.slug, owner, session.secrets)
         return session.push_kernel(folder, accelerator=accelerator if job.gpu else None)
 
 
@@ -421,7 +407,6 @@ def self_check(csv: Path):
     (which images belong to the test set can only be checked with --sample)."""
     import pandas as pd
 
-    from .errors import TableError
     from .submission import check_submission
 
     try:
@@ -454,23 +439,20 @@ def check_csv(csv: str | os.PathLike, sample: str | os.PathLike | None = None) -
     return lines
 
 
-def submit_csv(session: KaggleSession | None, csv: str | os.PathLike, message: str, *,
-               sample: str | os.PathLike | None = None, competition: str = COMPETITION, wait: bool = False,
-               dry_run: bool = False, polling: Polling = Polling(first=10.0, longest=60.0),
-               credentials=None, checked: list[str] | None = None,
-               log: Callable[[str], None] = _print) -> dict:
-    """``ichkaggle submit``: check (unless ``checked`` holds the check's lines already), then
-    submit, then (``wait``) poll until scored."""
+def submit_csv(session: KaggleSession, csv: str | os.PathLike, message: str, *, checked: list[str],
+               competition: str = COMPETITION, wait: bool = False, dry_run: bool = False,
+               polling: Polling = Polling(first=10.0, longest=60.0), log: Callable[[str], None] = _print) -> dict:
+    """``ichkaggle submit`` of a file :func:`check_csv` passed (``checked``: its lines): submit,
+    then (``wait``) poll until scored; ``dry_run`` only shows what would be sent and as whom."""
     csv = Path(csv)
     if not message.strip():
         raise UserError("-m MESSAGE: a submission needs a description")
-    for line in checked if checked is not None else check_csv(csv, sample):
+    for line in checked:
         log(line)
     if dry_run:
-        creds = credentials if credentials is not None else (session.credentials if session else None)
         size = csv.stat().st_size
         log(f"dry run: would submit {csv} ({size / 2**20:.1f} MiB, sha256 {sha256_file(csv)[:16]}...) to "
-            f"{competition} as {creds.describe() if creds else '?'} with message {message!r}"
+            f"{competition} as {session.credentials.describe()} with message {message!r}"
             + ("; then poll the submissions list until it is scored" if wait else ""))
         return {"dry_run": True}
     ref = session.submit(csv, message, competition)

@@ -35,15 +35,9 @@ def run(args: argparse.Namespace) -> int:
     from ..kaggle_api import KaggleSession, find_credentials
     from ..kaggle_flow import Polling, check_csv, submit_csv
 
-    competition = args.competition
     polling = Polling(first=args.poll, longest=max(args.poll, 60.0), submission_timeout=args.max_wait)
-    if args.dry_run:
-        credentials = find_credentials()
-        submit_csv(None, args.submission_csv, args.message, sample=args.sample, competition=competition,
-                   wait=args.wait, dry_run=True, credentials=credentials)
-        return 0
     lines = check_csv(args.submission_csv, args.sample)  # before credentials: an invalid file stops here
-    session = KaggleSession(find_credentials())
-    submit_csv(session, args.submission_csv, args.message, sample=args.sample, competition=competition,
-               wait=args.wait, polling=polling, checked=lines)
+    session = KaggleSession(find_credentials())  # the client itself is only loaded on the first call
+    submit_csv(session, args.submission_csv, args.message, checked=lines, competition=args.competition,
+               wait=args.wait, dry_run=args.dry_run, polling=polling)
     return 0
