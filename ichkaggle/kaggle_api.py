@@ -105,13 +105,9 @@ def _token(env: dict) -> tuple[str, str] | None:
 
 
 def find_credentials(owner: str | None = None, env: dict | None = None, required: bool = True) -> Credentials | None:
-    """The credentials the client will use, in its own order, without any network call.
-
-    An API token first (``KAGGLE_API_TOKEN``, a value or a file, else ``~/.kaggle/access_token``;
-    its username comes from ``KAGGLE_USERNAME``, a ``kaggle.json`` or ``owner``), then a
-    legacy key: ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``, else ``kaggle.json`` (see
-    :func:`config_dirs`).
-    """
+    """The credentials the client will use, in its own order, without any network call: an API
+    token first (:func:`_token`; its username from ``KAGGLE_USERNAME``, a ``kaggle.json`` or ``owner``),
+    then ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``, else ``kaggle.json`` (see :func:`config_dirs`)."""
     env = os.environ if env is None else env
     legacy, json_user = None, None
     if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
@@ -435,14 +431,11 @@ class KaggleSession:
 
     def call(self, what: str, fn: Callable[..., T], *args, before_retry: Callable[[], T | None] | None = None,
              **kwargs) -> T:
-        """``fn(*args, **kwargs)`` with bounded retries of transient failures.
-
-        A ``Retry-After`` on 429/503 sets the wait (a busy server is waited for up to
-        ``longest_retry_after`` per attempt; the deadline bounds our own backoff, for a down one);
-        ``before_retry`` may look whether a failed attempt took effect anyway (e.g. a
-        submission created although the answer was a 5xx); a value other than None is
-        returned instead of retrying.
-        """
+        """``fn(*args, **kwargs)`` with bounded retries of transient failures. A ``Retry-After`` on
+        429/503 sets the wait (a busy server is waited for up to ``longest_retry_after`` per attempt;
+        the deadline bounds our own backoff, for a down one); ``before_retry`` may find that a failed
+        attempt took effect anyway (a submission created despite a 5xx): a value other than None is
+        returned instead of retrying."""
         started, delay = self.clock(), self.first_delay
         for attempt in itertools.count(1):
             try:

@@ -30,6 +30,7 @@ from .files import sha256_file, write_atomic
 from .kaggle_api import COMPETITION, KERNEL_FAILED, KaggleError, KaggleSession, PushedKernel
 from .kaggle_flow import (INFER, TRAIN, KernelJob, Layout, Polling, _print, check_csv, experiment_folds, failure_text,
                           follow, kernel_config_name, kernel_template, push_job, warn_if_stale)
+from .kaggle_kernel import TRAIN_MANIFEST, _image_settings
 from .plan import SESSION_HOURS, make_plan, record_throughput
 
 PREPARE = "prepare"
@@ -104,8 +105,6 @@ def _stage(session: KaggleSession, state: RunState, jobs: list[KernelJob], owner
 
 def settings_key(experiment) -> str:
     """A short name of the image settings, so one prepare kernel serves every config sharing them."""
-    from .kaggle_kernel import _image_settings
-
     settings = _image_settings(experiment)
     digest = hashlib.sha1(json.dumps(settings.as_json(), sort_keys=True).encode()).hexdigest()[:6]
     return f"{settings.size}px-{settings.format}-{digest}"
@@ -163,8 +162,9 @@ def check_round(session: KaggleSession, need: float, state: RunState, log: Calla
 
 def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config: str, folds: list[int] | None, *,
                  message: str | None = None, submit: bool = True, sample: str | os.PathLike | None = None,
-                 state_path: Path | None = None, polling: Polling = Polling(), accelerator: str | None = None,
-                 competition: str = COMPETITION, force: bool = False, log: Callable[[str], None] = _print) -> dict:
+                 state_path: str | os.PathLike | None = None, polling: Polling = Polling(),
+                 accelerator: str | None = None, competition: str = COMPETITION, force: bool = False,
+                 log: Callable[[str], None] = _print) -> dict:
     """Prepare, train every fold in chained sessions, infer with their average, submit; resumable."""
     experiment, folds = experiment_folds(config, folds)
     accelerator = accelerator or DEFAULT_GPU
@@ -195,9 +195,9 @@ def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config: str
             check_round(session, len(unpushed) * min(SESSION_HOURS, plan.hours_per_fold), state, log)
         for kernel, fold in zip(_stage(session, state, jobs, owner, polling, layout.out, accelerator, log),
                                 open_folds):
-            manifest_path = Path(kernel.output) / "ichkaggle_train.json"
+            manifest_path = Path(kernel.output) / TRAIN_MANIFEST
             if not manifest_path.is_file():
-                raise UserError(f"{kernel.ref} v{kernel.version} finished without ichkaggle_train.json "
+                raise UserError(f"{kernel.ref} v{kernel.version} finished without {TRAIN_MANIFEST} "
                                 f"(log: {kernel.log or kernel.url})")
             manifest = json.loads(manifest_path.read_text())
             if manifest.get("img_per_s"):

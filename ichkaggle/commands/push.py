@@ -74,15 +74,13 @@ def run(args: argparse.Namespace) -> int:
                         + ("dataset ichkaggle-src" if args.kind == "dataset" else "kernel train --folds 0-4"))
     if args.kind == "run" and args.name:
         raise UserError("push run takes no NAME: it pushes kernels/train (per fold) and kernels/infer")
+    if args.kind == "run" and args.dry_run is not None:
+        raise UserError("push run --dry-run: dry-run `push kernel train` and `push kernel infer` instead")
     layout = Layout.find(args.kernels_dir, args.datasets_dir, args.out)
     polling = Polling(first=args.poll, longest=max(args.poll, 120.0), timeout=args.max_wait,
                       submission_timeout=min(args.max_wait, 2 * 3600))
     folds = parse_folds(args.folds)
-    dry_run = None
-    if args.dry_run is not None:
-        dry_run = Path(args.dry_run or tempfile.mkdtemp(prefix="ichkaggle-render-"))
-        if args.kind == "run":
-            raise UserError("push run --dry-run: dry-run `push kernel train` and `push kernel infer` instead")
+    dry_run = None if args.dry_run is None else Path(args.dry_run or tempfile.mkdtemp(prefix="ichkaggle-render-"))
     credentials = find_credentials(owner=args.owner, required=dry_run is None)
     owner = args.owner or (credentials.username if credentials else None)
     if not owner:
@@ -95,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
         push_kernels(session, args.name, owner, layout, args.config, folds, wait=args.wait, polling=polling,
                      accelerator=args.accelerator, weights=args.weights, dry_run=dry_run)
     else:
-        state = Path(args.state) if args.state else None
         run_pipeline(session, owner, layout, args.config, folds, message=args.message, submit=not args.no_submit,
-                     sample=args.sample, state_path=state, polling=polling, accelerator=args.accelerator,
+                     sample=args.sample, state_path=args.state, polling=polling, accelerator=args.accelerator,
                      force=args.force)
     return 0
