@@ -137,12 +137,8 @@ def find_credentials(owner: str | None = None, env: dict | None = None, required
 def secret_values(credentials: Credentials | None = None, env: dict | None = None) -> list[str]:
     """Every secret this machine holds for Kaggle (to scrub from text and to scan bundles for)."""
     env = os.environ if env is None else env
-    secrets = set()
-    if credentials is not None:
-        secrets.add(credentials.key)
-    for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN"):
-        if env.get(name):
-            secrets.add(env[name])
+    secrets = {credentials.key} if credentials is not None else set()
+    secrets.update(env.get(name) or "" for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN"))  # "" is dropped below
     with contextlib.suppress(OSError):
         secrets.add((_token(env) or ("", ""))[0])
     for folder in config_dirs(env):

@@ -12,6 +12,7 @@ built on these is ``kaggle_pipeline``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -33,10 +34,7 @@ from .kaggle_api import (COMPETITION, KERNEL_FAILED, PLACEHOLDER_OWNER, KaggleSe
 
 TRAIN = "train"
 INFER = "infer"
-
-
-def _print(message: str) -> None:
-    print(message, flush=True)
+_print = functools.partial(print, flush=True)  # the default ``log``: progress shows at once
 
 
 def warn_if_stale(layout: "Layout") -> None:
