@@ -35,8 +35,8 @@ import re
 import sys
 import threading
 import time
-from email.utils import parsedate_to_datetime
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
