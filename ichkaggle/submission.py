@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import LABELS, SUBTYPES
-from .errors import TableError
+from .errors import TableError, UserError
 from .labels import FILE_ORDER
 from .files import write_atomic
 from .tables import (N_EXAMPLES, RowMatch, SplitIds, examples, header, line_names, long_ids, match_rows,
@@ -257,8 +257,14 @@ def check_submission(submission: pd.DataFrame | str | os.PathLike,
                        value_range=(float(good.min()), float(good.max())) if len(good) else None)
 
 
-def write_checked(path: str | os.PathLike, ids, probs, sample, rates) -> tuple[Path, CheckReport]:
+def write_checked(path: str | os.PathLike, ids, probs, sample, rates, heading: str = "", sep: str = "\n",
+                  invalid: str = "is not a valid submission (see above)") -> tuple[Path, CheckReport]:
     """The usual end of a prediction: clip, any >= max subtype, ``rates`` (the training label
-    rates) for every sample image without a prediction, written, then checked."""
+    rates) for every sample image without a prediction, written, then checked; the report is
+    printed after ``heading``, and a file that fails its check is a UserError ``PATH invalid``."""
     path = write_submission(path, list(ids), probs, sample, steps=("clip", "any_max"), fill=rates)
-    return path, check_submission(path, sample)
+    report = check_submission(path, sample)
+    print(heading + sep.join(report.lines()), flush=True)
+    if not report.ok:
+        raise UserError(f"{path} {invalid}")
+    return path, report
