@@ -438,19 +438,17 @@ def kaggle_infer(
         print(f"  {len(failed)} test slice(s) unreadable: the training label rates for them", flush=True)
     sample, rates = competition / "stage_2_sample_submission.csv", fill_rates(weights)
     context = experiment.sequence.enabled
+    invalid = f"failed its check against {sample}"
     submission, report = write_checked(output / ("submission_2d.csv" if context else "submission.csv"), test.ids,
-                                       calibrated, sample, rates)
-    print("  the CNN alone: " + "\n  ".join(report.lines()), flush=True)
+                                       calibrated, sample, rates, "  the CNN alone: ", "\n  ", invalid)
     scores = {}
     if context:  # the sequence stage on the folds' out-of-fold outputs, on this machine's CPU
         oof = out_of_fold([folder / f"fold{m['fold']}" for folder, m in runs])
         probs, scores, _ = sequence_stage(oof, test, experiment, output / "sequence")
         print(f"  study context: out-of-fold {scores['cnn_oof']:.4f} -> {scores['sequence_oof']:.4f} "
               f"({scores['seconds']:.0f}s)", flush=True)
-        submission, report = write_checked(output / "submission.csv", test.ids, probs, sample, rates)
-        print("  with study context: " + "\n  ".join(report.lines()), flush=True)
-    if not report.ok:
-        raise UserError(f"{submission} failed its check against {sample}")
+        submission, report = write_checked(output / "submission.csv", test.ids, probs, sample, rates,
+                                           "  with study context: ", "\n  ", invalid)
     (output / INFER_MANIFEST).write_text(json.dumps({
         "kind": "ichkaggle-infer", "ichkaggle_version": __version__, "experiment": experiment.name,
         "folds": [m["fold"] for _, m in runs],
