@@ -153,8 +153,9 @@ def run_demo(
         print(f"  {len(failed)} test slice(s) failed to prepare: the training label rates for them")
     sample = data / "stage_2_sample_submission.csv"
     rates = fill_rates(weights)
-    submissions = {"2d": write_checked(workdir / ("submission_2d.csv" if context else "submission.csv"), test.ids,
-                                       calibrated, sample, rates)}
+    first = workdir / ("submission_2d.csv" if context else "submission.csv")
+    invalid = "failed its own check"
+    submissions = {"2d": write_checked(first, test.ids, calibrated, sample, rates, f"  {first.name}: ", "; ", invalid)}
     if context:
         kind = {"gru": "a bi-GRU", "conv": "1D convolutions"}[experiment.sequence.model]
         stage(f"study context: {kind} along each series, on the {len(runs)} folds' out-of-fold outputs")
@@ -162,11 +163,8 @@ def run_demo(
         probs, scores, _ = sequence_stage(oof, test, experiment, workdir / "sequence")
         print(f"  out-of-fold weighted log loss: CNN alone {scores['cnn_oof']:.4f}, with study context "
               f"{scores['sequence_oof']:.4f} ({scores['seconds']:.0f}s)")
-        submissions["context"] = write_checked(workdir / "submission.csv", test.ids, probs, sample, rates)
-    for name, (path, check) in submissions.items():
-        print(f"  {path.name}: " + "; ".join(check.lines()))
-        if not check.ok:
-            raise UserError(f"{path} failed its own check")
+        submissions["context"] = write_checked(workdir / "submission.csv", test.ids, probs, sample, rates,
+                                               "  submission.csv: ", "; ", invalid)
 
     stage("score")
     final = submissions.get("context", submissions["2d"])[0]
