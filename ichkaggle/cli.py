@@ -13,24 +13,24 @@ import sys
 from . import __version__
 from .errors import UserError
 
-#: name -> (module under ichkaggle.commands, one-line help). The order is the --help order.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("synth", "write a competition-shaped synthetic dataset of phantom head CTs"),
-    "prepare": ("prepare", "DICOM files -> windowed PNG/JPEG images + metadata.csv (resumable, --pack)"),
-    "pack": ("pack", "pack a prepared folder's loose images into a few shard files + an index"),
-    "labels": ("labels", "long training CSV -> one row per image (six 0/1 columns + fastai labels)"),
-    "folds": ("folds", "patient-grouped, label-stratified folds from metadata.csv + labels"),
-    "score": ("score", "competition metric of a predictions CSV against a truth CSV"),
-    "check": ("check", "validate a submission CSV against the sample submission"),
-    "train": ("train", "train an experiment (TOML) with fastai + timm on prepared images"),
-    "predict": ("predict", "TTA predictions of trained models -> a checked submission CSV"),
-    "embed": ("embed", "per-slice CNN outputs of the folds' runs: out-of-fold and test tables for `seq`"),
-    "seq": ("seq", "the sequence stage: a bi-GRU or 1-D convolutions over each series (train | predict)"),
-    "plan": ("plan", "GPU-hours, sessions per fold and the weekly quota an experiment needs on Kaggle"),
-    "demo": ("demo", "the main job end to end on the embedded synthetic default (CPU)"),
-    "bundle": ("bundle", "build the package + configs as a Kaggle dataset folder (credential-checked)"),
-    "push": ("push", "push a dataset or kernel to Kaggle, follow it, fetch its outputs"),
-    "submit": ("submit", "check a submission CSV, then submit it to the competition"),
+#: name (its module under ichkaggle.commands) -> one-line help. The order is the --help order.
+COMMANDS: dict[str, str] = {
+    "synth": "write a competition-shaped synthetic dataset of phantom head CTs",
+    "prepare": "DICOM files -> windowed PNG/JPEG images + metadata.csv (resumable, --pack)",
+    "pack": "pack a prepared folder's loose images into a few shard files + an index",
+    "labels": "long training CSV -> one row per image (six 0/1 columns + fastai labels)",
+    "folds": "patient-grouped, label-stratified folds from metadata.csv + labels",
+    "score": "competition metric of a predictions CSV against a truth CSV",
+    "check": "validate a submission CSV against the sample submission",
+    "train": "train an experiment (TOML) with fastai + timm on prepared images",
+    "predict": "TTA predictions of trained models -> a checked submission CSV",
+    "embed": "per-slice CNN outputs of the folds' runs: out-of-fold and test tables for `seq`",
+    "seq": "the sequence stage: a bi-GRU or 1-D convolutions over each series (train | predict)",
+    "plan": "GPU-hours, sessions per fold and the weekly quota an experiment needs on Kaggle",
+    "demo": "the main job end to end on the embedded synthetic default (CPU)",
+    "bundle": "build the package + configs as a Kaggle dataset folder (credential-checked)",
+    "push": "push a dataset or kernel to Kaggle, follow it, fetch its outputs",
+    "submit": "check a submission CSV, then submit it to the competition",
 }
 
 
@@ -47,17 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ichkaggle {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, help_text in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def _command_parser(name: str) -> argparse.ArgumentParser:
-    module_name, help_text = COMMANDS[name]
-    module = importlib.import_module(f"ichkaggle.commands.{module_name}")
+    module = importlib.import_module(f"ichkaggle.commands.{name}")
     parser = argparse.ArgumentParser(
         prog=f"ichkaggle {name}",
-        description=(module.__doc__ or help_text).strip(),
+        description=(module.__doc__ or COMMANDS[name]).strip(),
         formatter_class=_Formatter,
     )
     module.add_arguments(parser)
@@ -70,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         build_parser().parse_args(argv or ["--help"])
         return 2
-    parser = _command_parser(argv[0])
-    args = parser.parse_args(argv[1:])
+    args = _command_parser(argv[0]).parse_args(argv[1:])
     try:
         return int(args.func(args) or 0)
     except UserError as err:
