@@ -19,6 +19,9 @@ import pandas as pd
 
 from . import LABELS
 from .experiment import Experiment
+from .images import slice_images
+from .labels import read_long_csv
+from .series import sequences
 
 SHORT = {"any": "any", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
          "subarachnoid": "SAH", "subdural": "SDH"}
@@ -61,14 +64,8 @@ def as_picture(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(np.ascontiguousarray(image[..., 0]), cv2.COLOR_GRAY2BGR)
 
 
-def montage(
-    images: Sequence[np.ndarray],
-    targets: np.ndarray,
-    preds: np.ndarray,
-    path: Path,
-    columns: int = 6,
-    tile: int = 160,
-) -> Path:
+def montage(images: Sequence[np.ndarray], targets: np.ndarray, preds: np.ndarray, path: Path, columns: int = 6,
+            tile: int = 160) -> Path:
     """Validation slices with true labels (green) and predictions >= 0.5 (orange, with p)."""
     tiles = []
     for image, target, pred in zip(images, targets, preds):
@@ -105,16 +102,8 @@ def _phase_line(phase) -> str:
     return f"{'frozen body' if phase.freeze else 'unfrozen'}, {phase.optimizer}, {call}"
 
 
-def write_report(
-    run_dir: str | os.PathLike,
-    experiment: Experiment,
-    history: pd.DataFrame,
-    metrics: dict,
-    images: Sequence[np.ndarray],
-    targets: np.ndarray,
-    preds: np.ndarray,
-    extra: dict | None = None,
-) -> Path:
+def write_report(run_dir: str | os.PathLike, experiment: Experiment, history: pd.DataFrame, metrics: dict,
+                 images: Sequence[np.ndarray], targets: np.ndarray, preds: np.ndarray, extra: dict | None = None) -> Path:
     """Write report.md + loss.png + montage.png (of ``images``, validation slices chosen by
     :func:`pick_examples`) into the run directory; returns report.md."""
     run_dir = Path(run_dir)
@@ -191,15 +180,17 @@ def _markdown_table(frame: pd.DataFrame) -> str:
 def write_run_report(result, experiment: Experiment, table: pd.DataFrame, folder, dicom: bool = False,
                      extra: dict | None = None) -> Path:
     """The report of a finished training run, its montage read from the data it trained on."""
-    from .images import slice_images
-
     rows = table.set_index("ID").loc[result.valid_ids].reset_index()
     chosen = pick_examples(result.valid_targets)
-    alone = replace(experiment, data=replace(experiment.data, context=0))  # the slices themselves, to look at
-    images = slice_images(rows.iloc[chosen].reset_index(drop=True), folder, alone, dicom)
-    return write_report(result.run_dir, experiment, result.history, result.metrics,
-                        [images.image(i) for i in range(len(chosen))], result.valid_targets[chosen],
-                        result.valid_preds[chosen], extra)
+    images = _pictures(rows.iloc[chosen].reset_index(drop=True), folder, experiment, dicom)
+    return write_report(result.run_dir, experiment, result.history, result.metrics, images,
+                        result.valid_targets[chosen], result.valid_preds[chosen], extra)
+
+
+def _pictures(rows: pd.DataFrame, folder, experiment: Experiment, dicom: bool = False) -> list[np.ndarray]:
+    """The slices of ``rows`` themselves (no neighbours stacked in), to look at."""
+    images = slice_images(rows, folder, replace(experiment, data=replace(experiment.data, context=0)), dicom)
+    return [images.image(i) for i in range(len(rows))]
 
 
 def series_picture(images: Sequence[np.ndarray], truth: np.ndarray, first: np.ndarray, second: np.ndarray,
@@ -265,18 +256,13 @@ def write_demo_report(workdir: Path, experiment: Experiment, runs, table: pd.Dat
 
 def _draw_a_series(workdir: Path, test, calibrated, context_csv: Path, truth_csv: Path, prepared: Path, experiment):
     """The test series with the most positive slices, drawn by :func:`series_picture`."""
-    from .images import slice_images
-    from .labels import read_long_csv
-    from .series import sequences
-
     truth = read_long_csv(truth_csv).set_index("ID")
     context = _wide_probs(context_csv)
     seqs = sequences(test.series, test.position, test.ids)
     best = max(seqs, key=lambda rows: truth.loc[test.ids[rows], "any"].sum())
     ids = test.ids[best]
-    alone = replace(experiment, data=replace(experiment.data, context=0))
-    images = slice_images(pd.DataFrame({"ID": ids}), prepared / "test", alone)
-    return series_picture([images.image(i) for i in range(len(ids))], truth.loc[ids, list(LABELS)].to_numpy(float),
+    return series_picture(_pictures(pd.DataFrame({"ID": ids}), prepared / "test", experiment),
+                          truth.loc[ids, list(LABELS)].to_numpy(float),
                           calibrated[best], context.loc[ids, list(LABELS)].to_numpy(float), workdir / "series.png")
 
 
