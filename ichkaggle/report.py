@@ -73,7 +73,8 @@ def montage(images: Sequence[np.ndarray], targets: np.ndarray, preds: np.ndarray
         canvas = np.zeros((tile + 34, tile, 3), np.uint8)
         canvas[:tile] = image
         truth = " ".join(SHORT[l] for l, t in zip(LABELS[1:], target[1:]) if t > 0.5) or "none"
-        said = " ".join(f"{SHORT[l]}{p:.1f}" for l, p in zip(LABELS[1:], pred[1:]) if p >= 0.5) or f"none({pred[0]:.2f})"
+        said = (" ".join(f"{SHORT[l]}{p:.1f}" for l, p in zip(LABELS[1:], pred[1:]) if p >= 0.5)
+                or f"none({pred[0]:.2f})")
         cv2.putText(canvas, f"T: {truth}", (3, tile + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (80, 220, 80), 1)
         cv2.putText(canvas, f"P: {said}", (3, tile + 29), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (60, 160, 255), 1)
         tiles.append(canvas)
@@ -103,13 +104,14 @@ def _phase_line(phase) -> str:
 
 
 def write_report(run_dir: str | os.PathLike, experiment: Experiment, history: pd.DataFrame, metrics: dict,
-                 images: Sequence[np.ndarray], targets: np.ndarray, preds: np.ndarray, extra: dict | None = None) -> Path:
+                 images: Sequence[np.ndarray], targets: np.ndarray, preds: np.ndarray,
+                 extra: dict | None = None) -> Path:
     """Write report.md + loss.png + montage.png (of ``images``, validation slices chosen by
     :func:`pick_examples`) into the run directory; returns report.md."""
     run_dir = Path(run_dir)
     curve = loss_curve(history, run_dir / "loss.png")
     montage(images, targets, preds, run_dir / "montage.png")
-    d, m = experiment.data, experiment.model
+    d, m, tta = experiment.data, experiment.model, experiment.predict
     transforms = [f"flip={d.flip}", f"rotate<={d.max_rotate:g}", f"zoom<={d.max_zoom:g}"]
     optional = {"warp": d.max_warp, "lighting": d.max_lighting}  # shown only when on
     transforms += [f"{name}<={value:g}" for name, value in optional.items() if value]
@@ -135,7 +137,7 @@ def write_report(run_dir: str | os.PathLike, experiment: Experiment, history: pd
     for i, phase in enumerate(experiment.phases, 1):
         lines.append(f"- phase {i} ({phase.name}): {_phase_line(phase)}")
     lines += [
-        f"- TTA:          {'flips + affine, n=%d, beta=%g' % (experiment.predict.tta_n, experiment.predict.tta_beta) if experiment.predict.tta else 'off'}",
+        f"- TTA:          {f'flips + affine, n={tta.tta_n}, beta={tta.tta_beta:g}' if tta.tta else 'off'}",
         f"- weights:      {', '.join(weights)}",
         f"- train loss:   {metrics.get('train_loss', float('nan')):.4f}",
         f"- valid loss:   {metrics.get('valid_loss', float('nan')):.4f}",
@@ -153,7 +155,8 @@ def write_report(run_dir: str | os.PathLike, experiment: Experiment, history: pd
     if extra:
         lines += [f"- **{key}**: {value}" for key, value in extra.items()] + [""]
     lines += ["## Loss", "", "![loss curve](loss.png)" if curve else "(matplotlib not installed: no curve)", ""]
-    lines += ["## Validation slices", "", "T = truth, P = predicted (p >= 0.5; else p(any))", "", "![montage](montage.png)", ""]
+    lines += ["## Validation slices", "", "T = truth, P = predicted (p >= 0.5; else p(any))", "",
+              "![montage](montage.png)", ""]
     lines += ["## History", "", _markdown_table(history), ""]
     lines += [f"ichkaggle {metrics.get('ichkaggle_version', '?')}, {metrics.get('device', '?')}, "
               f"{metrics.get('seconds', '?')} s of training", ""]
@@ -235,7 +238,8 @@ def write_demo_report(workdir: Path, experiment: Experiment, runs, table: pd.Dat
         lines += ["| test set (hidden synthetic truth) | weighted log loss |", "|---|---:|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in scores.items()]
         lines.append("")
-    lines += ["| fold | CV (calibrated, cross-fitted) | model alone | constant prior | report |", "|---|---:|---:|---:|---|"]
+    lines += ["| fold | CV (calibrated, cross-fitted) | model alone | constant prior | report |",
+              "|---|---:|---:|---:|---|"]
     for run in runs:
         m = run.metrics
         report = write_run_report(run, replace(experiment, data=replace(experiment.data, fold=m["fold"])), table,
