@@ -238,11 +238,6 @@ def load_weights(learn, path: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------- checkpoints and budget
 
 
-def _rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -264,14 +259,10 @@ def save_checkpoint(learn, run_dir: Path, phase: int, epoch: int) -> float:
              "scaler": scaler.state_dict() if scaler is not None else None, "phase": phase, "epoch": epoch}
     if rank_distrib() == 0:
         _save(state, checkpoint_path(run_dir))
-    _save(_rng_state(), run_dir / "models" / f"rng-{rank_distrib()}.pth")  # each rank its own random streams
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    _save(rng, run_dir / "models" / f"rng-{rank_distrib()}.pth")  # each rank its own random streams
     return time.time() - started
-
-
-def load_checkpoint(run_dir: Path) -> dict:
-    state = torch.load(checkpoint_path(run_dir), map_location="cpu", weights_only=False)
-    state["rng"] = torch.load(run_dir / "models" / f"rng-{rank_distrib()}.pth", weights_only=False)
-    return state
 
 
 class Budget:
@@ -496,16 +487,15 @@ def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment
     run.valid_share = len(dls.valid.dataset) / len(valid_rows)
     restore = None
     if checkpoint_path(run_dir).exists() and (state.phase or state.epoch):
-        restore = load_checkpoint(run_dir)  # saved where state.json says the run continues
+        # saved where state.json says the run continues
+        restore = torch.load(checkpoint_path(run_dir), map_location="cpu", weights_only=False)
+        restore["rng"] = torch.load(run_dir / "models" / f"rng-{rank_distrib()}.pth", weights_only=False)
         learn.model.load_state_dict(restore["model"])
         print(f"resuming {run_dir}: {state.describe(experiment.phases)}", flush=True)
     try:
         for index, phase in enumerate(experiment.phases[state.phase:], start=state.phase):
             start = state.epoch if index == state.phase else 0
-            if phase.freeze:
-                learn.freeze()
-            else:
-                learn.unfreeze()
+            (learn.freeze if phase.freeze else learn.unfreeze)()
             learn.opt_func, learn.opt = OPTIMIZERS[phase.optimizer], None
             learn.create_opt()
             control, restore = RunControl(run, index, start, restore), None
