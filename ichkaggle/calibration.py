@@ -41,9 +41,9 @@ def fit_label(z: np.ndarray, y: np.ndarray, prior_rate: float, steps: int = 50) 
     t = np.where(y > 0.5, (positives + 1) / (positives + 2), 1 / (len(y) - positives + 2))
     a, b = 1.0, 0.0
     current = _loss(a, b, z, t, PULL)
+    n = len(z)
     for _ in range(steps):
         p = sigmoid(a * z + b)
-        n = len(z)
         g = np.array([np.mean((p - t) * z) + 2 * PULL * (a - 1) / n, np.mean(p - t) + 2 * PULL * b / n])
         w = p * (1 - p)
         h = np.array([[np.mean(w * z * z), np.mean(w * z)], [np.mean(w * z), np.mean(w)]]) + (2 * PULL / n) * np.eye(2)
@@ -96,9 +96,8 @@ def fit(probs, targets, label_rates) -> Calibration:
 def cross_fitted(probs, targets, groups, label_rates, parts: int = 5, seed: int = 0) -> np.ndarray:
     """Calibrated probabilities where each group's rows come from a fit on the other parts."""
     probs = np.asarray(probs, dtype=np.float64)
-    codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)[1]
-    n_groups = int(codes.max()) + 1 if len(codes) else 0
-    part_of_group = np.random.default_rng(seed).permutation(n_groups) % max(1, min(parts, n_groups))
+    names, codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    part_of_group = np.random.default_rng(seed).permutation(len(names)) % max(1, min(parts, len(names)))
     part = part_of_group[codes]
     out = np.empty_like(probs)
     for k in np.unique(part):
