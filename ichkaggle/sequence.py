@@ -15,7 +15,7 @@ that did not train on it); the test predictions average the k sequence models.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -53,9 +53,7 @@ class SliceTable:
                        data["embeddings"], data.get("targets"), data.get("fold"))
 
     def take(self, rows) -> "SliceTable":
-        pick = lambda a: None if a is None else a[rows]  # noqa: E731
-        return SliceTable(self.ids[rows], self.series[rows], self.position[rows], self.probs[rows],
-                          self.embeddings[rows], pick(self.targets), pick(self.fold))
+        return SliceTable(*(None if v is None else v[rows] for v in (getattr(self, f.name) for f in fields(self))))
 
 
 def gap_features(position: np.ndarray) -> np.ndarray:
@@ -131,7 +129,7 @@ def _batch(table: SliceTable, seqs: list[np.ndarray]):
     return torch.from_numpy(emb), torch.from_numpy(lg), torch.from_numpy(gp), torch.from_numpy(tg), lengths
 
 
-def predict_series(model: SeriesGRU, table: SliceTable, batch_series: int = 64) -> np.ndarray:
+def predict_series(model: nn.Module, table: SliceTable, batch_series: int = 64) -> np.ndarray:
     """(N, 6) probabilities for every slice of ``table``, in its row order."""
     model.eval()
     out = np.zeros((len(table.ids), len(LABELS)))
