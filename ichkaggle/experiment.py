@@ -69,8 +69,6 @@ class DataConfig:
 
     def epoch_samples(self, n: int) -> int:
         """Training images in one epoch of a set of ``n`` (what ``samples_per_epoch`` means)."""
-        if self.samples_per_epoch == 1:
-            return n
         return int(self.samples_per_epoch if self.samples_per_epoch > 1 else round(self.samples_per_epoch * n))
 
 
@@ -160,8 +158,7 @@ def _typed(value, annotation, where: str):
         str: isinstance(value, str),
         tuple: isinstance(value, list) and all(isinstance(v, str) for v in value),
     }[kind]
-    if not ok:
-        raise UserError(f"{where} = {value!r}: expected {_EXPECTED[kind]}")
+    _check(ok, where, value, f"expected {_EXPECTED[kind]}")
     return float(value) if kind is float else tuple(value) if kind is tuple else value
 
 
@@ -212,7 +209,7 @@ def load_experiment(name_or_path: str | os.PathLike, **data_overrides) -> Experi
     phases = raw.get("phases", [])
     if not isinstance(phases, list):
         raise UserError(f"{where} phases: expected [[phases]] tables")
-    tables = {"model": ModelConfig, "data": DataConfig, "predict": PredictConfig, "sequence": SequenceConfig}
+    tables = {f.name: f.default_factory for f in fields(Experiment) if f.default_factory is not MISSING}
     experiment = Experiment(
         name=_typed(raw.get("name", path.stem), str, f"{where} name"),
         description=_typed(raw.get("description", ""), str, f"{where} description"),
