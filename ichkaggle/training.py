@@ -50,7 +50,7 @@ from .experiment import Experiment
 from .files import write_atomic
 from .images import Rows, slice_images
 from .loader import SliceDataset, SliceLoader
-from .metric import EPS, WEIGHTS, per_label_log_loss, weighted_log_loss
+from .metric import EPS, WEIGHTS, per_label_log_loss
 from .run_state import TrainingState, new_session
 from .sequence import SliceTable
 
