@@ -434,8 +434,9 @@ class KaggleSession:
         returned instead of retrying."""
         started, delay = self.clock(), self.first_delay
         for attempt in itertools.count(1):
+            printed = io.StringIO()  # what the client prints on its own (progress, hints): scrubbed, to our log
             try:
-                with _quiet_client_output(self):
+                with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
                     return _within(self.timeout, fn, *args, **kwargs)
             except UserError:
                 raise
@@ -443,6 +444,9 @@ class KaggleSession:
                 problem = Problem("transient", f"no answer from {endpoint()} ({err})")
             except Exception as err:  # noqa: BLE001 - every failure becomes a clear message
                 problem = classify(err)
+            finally:
+                if printed.getvalue().strip():
+                    self.log(printed.getvalue().strip())
             asked = problem.retry_after is not None
             wait = problem.retry_after if asked else delay
             in_time = wait <= self.longest_retry_after if asked else self.clock() - started + wait <= self.deadline
@@ -483,8 +487,7 @@ class KaggleSession:
 
     def push_kernel(self, folder: str | os.PathLike, accelerator: str | None = None,
                     timeout: int | None = None) -> PushedKernel:
-        meta = json.loads((Path(folder) / "kernel-metadata.json").read_text())
-        ref = meta.get("id", str(folder))
+        ref = json.loads((Path(folder) / "kernel-metadata.json").read_text()).get("id", str(folder))
         answer = self.call(f"push kernel {ref}", self.api.kernels_push, str(folder),
                            None if timeout is None else str(timeout), accelerator)
         error = getattr(answer, "error", "") or ""
@@ -531,10 +534,8 @@ class KaggleSession:
             return self.api.kernels_output(kernel, str(dest), file_pattern=pattern, force=True, quiet=True)
 
         files, _ = self._versioned(f"outputs of kernel {ref}", fetch, ref, version)
-        slug = ref.split("/")[1]
-        paths = [Path(f) for f in files]
-        log = dest / f"{slug}.log"
-        return [p for p in paths if p != log], (log if log.exists() else None)
+        log = dest / f"{ref.split('/')[1]}.log"
+        return [Path(f) for f in files if Path(f) != log], (log if log.exists() else None)
 
     def follow_kernels(self, versions: dict[str, int | None], *, first: float = 10.0, longest: float = 120.0,
                        timeout: float = 12 * 3600, on_change: Callable[[str, KernelStatus], None] | None = None
@@ -572,8 +573,7 @@ class KaggleSession:
 
     def push_dataset(self, folder: str | os.PathLike, notes: str, create: bool) -> str:
         """A new dataset (``create``) or a new version of it; returns its URL."""
-        meta = json.loads((Path(folder) / "dataset-metadata.json").read_text())
-        ref = meta.get("id", str(folder))
+        ref = json.loads((Path(folder) / "dataset-metadata.json").read_text()).get("id", str(folder))
         if create:
             what = f"create dataset {ref}"
             answer = self.call(what, self.api.dataset_create_new, str(folder), public=False, quiet=True,
@@ -665,19 +665,6 @@ class KaggleSession:
             raise KaggleError(self.scrub(f"submission {info.ref} ({info.file_name}) was scored ERROR: "
                                          f"{info.error_description or 'no reason given'}"), kind="refused")
         return info
-
-
-@contextlib.contextmanager
-def _quiet_client_output(session: KaggleSession):
-    """What the client prints on its own (progress, hints) is scrubbed and sent to stderr."""
-    buffer = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-            yield
-    finally:
-        text = buffer.getvalue().strip()
-        if text:
-            session.log(text)
 
 
 def basic_auth_header(credentials: Credentials) -> str:
