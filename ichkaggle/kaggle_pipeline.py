@@ -91,8 +91,7 @@ def _stage(session: KaggleSession, state: RunState, jobs: list[KernelJob], owner
             state.put(kernel)
         kernels.append(kernel)
     patterns = {job.ref(owner): job.fetch for job in jobs if job.fetch}
-    failed = follow(session, kernels, polling, out, weights=False, save=lambda: state.put(*kernels), log=log,
-                    patterns=patterns)
+    failed = follow(session, kernels, polling, out, save=lambda: state.put(*kernels), log=log, patterns=patterns)
     if failed:
         raise UserError("kernel run(s) failed:\n" + failure_text(failed) + "\nfix the cause (then `ichkaggle "
                         "bundle` + `push dataset` if the code changed) and run the same command again: finished "
@@ -103,16 +102,12 @@ def _stage(session: KaggleSession, state: RunState, jobs: list[KernelJob], owner
 # ----------------------------------------------------------------------------- the kernels of a run
 
 
-def settings_key(experiment) -> str:
-    """A short name of the image settings, so one prepare kernel serves every config sharing them."""
+def prepare_job(layout: Layout, config: str, experiment) -> KernelJob:
+    """Named after the image settings, so one prepare kernel serves every config sharing them."""
+    template, slug, title = kernel_template(layout, PREPARE)
     settings = _image_settings(experiment)
     digest = hashlib.sha1(json.dumps(settings.as_json(), sort_keys=True).encode()).hexdigest()[:6]
-    return f"{settings.size}px-{settings.format}-{digest}"
-
-
-def prepare_job(layout: Layout, config: str, experiment) -> KernelJob:
-    template, slug, title = kernel_template(layout, PREPARE)
-    key = settings_key(experiment)
+    key = f"{settings.size}px-{settings.format}-{digest}"
     return KernelJob(PREPARE, template, f"{slug}-{key}", f"{title} {key}",
                      {"CONFIG": kernel_config_name(config, layout)}, (), fetch=r"^ichkaggle_prepare\.json$")
 
