@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .files import write_atomic
 
 #: Kaggle's accelerator ids (``--accelerator``, ``machine_shape``): what each one is
 ACCELERATORS = {
@@ -90,37 +91,29 @@ class Quota:
     refresh: str
 
 
-def throughput_file(out: str | os.PathLike) -> Path:
-    return Path(out) / "throughput.json"
+def _throughputs(out: str | os.PathLike) -> tuple[Path, list[dict]]:
+    """``OUT/throughput.json`` and its records, oldest first (none when it does not exist)."""
+    path = Path(out) / "throughput.json"
+    return path, json.loads(path.read_text()) if path.exists() else []
 
 
 def record_throughput(out: str | os.PathLike, config: str, accelerator: str, img_per_s: float, device: str) -> None:
     """Remember what a finished session measured (the plan's first source)."""
-    from .files import write_atomic
-
-    path = throughput_file(out)
-    records = json.loads(path.read_text()) if path.exists() else []
+    path, records = _throughputs(out)
     records.append({"config": config, "accelerator": accelerator, "img_per_s": img_per_s, "device": device,
                     "date": time.strftime("%Y-%m-%dT%H:%M:%S")})
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, (json.dumps(records, indent=2) + "\n").encode())
 
 
-def measured_throughput(out: str | os.PathLike, config: str, accelerator: str) -> dict | None:
-    path = throughput_file(out)
-    if not path.exists():
-        return None
-    matching = [r for r in json.loads(path.read_text()) if r["config"] == config and r["accelerator"] == accelerator]
-    return matching[-1] if matching else None
-
-
 def make_plan(experiment, folds: int, accelerator: str, *, records: str | os.PathLike | None = None,
               train_images: int = STAGE2_TRAIN_IMAGES) -> Plan:
     """The plan of ``experiment`` over ``folds`` folds of a ``train_images`` training set."""
     data = experiment.data
-    measured = measured_throughput(records, experiment.name, accelerator) if records is not None else None
-    if measured is not None:
-        ips, source = float(measured["img_per_s"]), f"measured by a session on {measured['date'][:10]}"
+    measured = [r for r in (_throughputs(records)[1] if records is not None else [])
+                if r["config"] == experiment.name and r["accelerator"] == accelerator]
+    if measured:
+        ips, source = float(measured[-1]["img_per_s"]), f"measured by a session on {measured[-1]['date'][:10]}"
     else:
         reference = REFERENCE.get((experiment.model.arch, accelerator))
         if reference is None:
