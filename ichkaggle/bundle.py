@@ -321,11 +321,11 @@ def dataset_files(folder: Path, name: str) -> list[Path]:
             and not path.name.startswith(".") and uploaded(path)]
 
 
-def stale_bundle(folder: str | os.PathLike, source: str | os.PathLike | None = None) -> str | None:
+def stale_bundle(folder: str | os.PathLike) -> str | None:
     """Why the wheel in ``folder`` is not what the source builds now (None: it is, or there is
     no checkout here to compare with)."""
     try:
-        project = read_project(project_root(source))
+        project = read_project(project_root())
     except (UserError, OSError, KeyError, tomllib.TOMLDecodeError):
         return None
     wheel = Path(folder) / project.wheel_name
