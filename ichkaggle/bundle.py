@@ -248,14 +248,9 @@ def metadata_json(meta: dict) -> str:
     return json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def build_bundle(
-    out: str | os.PathLike | None = None,
-    owner: str | None = None,
-    source: str | os.PathLike | None = None,
-    extra_configs: tuple[str | os.PathLike, ...] = (),
-    epoch: int | None = None,
-    secrets: list[str] | None = None,
-) -> BundleResult:
+def build_bundle(out: str | os.PathLike | None = None, owner: str | None = None,
+                 source: str | os.PathLike | None = None, extra_configs: tuple[str | os.PathLike, ...] = (),
+                 epoch: int | None = None, secrets: list[str] | None = None) -> BundleResult:
     """Write the ``ichkaggle-src`` dataset folder; refuses (UserError) before writing anything
     if a file of the package tree, an extra config or the folder looks like a credential."""
     if not owner:

@@ -244,20 +244,10 @@ def classify(err: Exception) -> Problem:
 # ----------------------------------------------------------------------------- polling
 
 
-def poll(
-    fetch: Callable[[], T],
-    done: Callable[[T], bool],
-    *,
-    what: str,
-    first: float = 10.0,
-    factor: float = 1.5,
-    longest: float = 120.0,
-    timeout: float = 12 * 3600,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-    describe: Callable[[T], str] = str,
-    on_change: Callable[[T], None] | None = None,
-) -> T:
+def poll(fetch: Callable[[], T], done: Callable[[T], bool], *, what: str, first: float = 10.0, factor: float = 1.5,
+         longest: float = 120.0, timeout: float = 12 * 3600, sleep: Callable[[float], None] = time.sleep,
+         clock: Callable[[], float] = time.monotonic, describe: Callable[[T], str] = str,
+         on_change: Callable[[T], None] | None = None) -> T:
     """Call ``fetch`` until ``done``; the interval grows from ``first`` by ``factor`` up to
     ``longest`` and the whole wait is bounded by ``timeout`` seconds."""
     started, interval, last = clock(), first, object()
@@ -381,20 +371,10 @@ def _within(seconds: float, fn: Callable[..., T], *args, **kwargs) -> T:
 class KaggleSession:
     """The configured client plus the retry, error and polling policy of this package."""
 
-    def __init__(
-        self,
-        credentials: Credentials | None = None,
-        *,
-        attempts: int = 4,
-        deadline: float = 45.0,
-        first_delay: float = 0.5,
-        max_delay: float = 10.0,
-        timeout: float = 900.0,
-        longest_retry_after: float = 600.0,
-        sleep: Callable[[float], None] = time.sleep,
-        clock: Callable[[], float] = time.monotonic,
-        log: Callable[[str], None] | None = None,
-    ):
+    def __init__(self, credentials: Credentials | None = None, *, attempts: int = 4, deadline: float = 45.0,
+                 first_delay: float = 0.5, max_delay: float = 10.0, timeout: float = 900.0,
+                 longest_retry_after: float = 600.0, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, log: Callable[[str], None] | None = None):
         self.credentials = credentials or find_credentials()
         self.attempts, self.deadline = max(1, attempts), deadline
         self.first_delay, self.max_delay = first_delay, max_delay
