@@ -152,7 +152,7 @@ def _secrets(session: KaggleSession | None) -> list[str]:
     return list(session.secrets) if session is not None else secret_values()
 
 
-def render_kernel(job: KernelJob, dest: Path, owner: str, secrets: list[str] = ()) -> Path:
+def render_kernel(job: KernelJob, dest: Path, owner: str, secrets: list[str]) -> Path:
     """Write ``kernel-metadata.json`` and the code file of ``job``'s template into ``dest``, rendered."""
     template = job.template
     meta = json.loads((template / "kernel-metadata.json").read_text())
@@ -171,18 +171,18 @@ def render_kernel(job: KernelJob, dest: Path, owner: str, secrets: list[str] = (
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "kernel-metadata.json").write_text(metadata_json(meta))
     (dest / code_file).write_text(script)
-    refuse_credentials([dest / "kernel-metadata.json", dest / code_file], list(secrets))
+    refuse_credentials([dest / "kernel-metadata.json", dest / code_file], secrets)
     return dest
 
 
-def render_dataset(folder: Path, dest: Path, owner: str, secrets: list[str] = ()) -> tuple[Path, list[Path]]:
+def render_dataset(folder: Path, dest: Path, owner: str, secrets: list[str]) -> tuple[Path, list[Path]]:
     """The upload folder of a dataset: rendered metadata + its allow-listed files (linked)."""
     meta = render_dataset_metadata(json.loads((folder / "dataset-metadata.json").read_text()), owner)
     files = dataset_files(folder, folder.name)
     if not files:
         hint = "run `ichkaggle bundle`" if folder.name.endswith("-src") else f"see {folder / 'README.md'}"
         raise UserError(f"{folder}: nothing to upload ({hint})")
-    refuse_credentials(files, list(secrets), folder)
+    refuse_credentials(files, secrets, folder)
     dest.mkdir(parents=True, exist_ok=True)
     for path in files:
         try:
@@ -190,7 +190,7 @@ def render_dataset(folder: Path, dest: Path, owner: str, secrets: list[str] = ()
         except OSError:
             shutil.copy2(path, dest / path.name)
     (dest / "dataset-metadata.json").write_text(metadata_json(meta))
-    refuse_credentials([dest / "dataset-metadata.json"], list(secrets))
+    refuse_credentials([dest / "dataset-metadata.json"], secrets)
     return dest, files
 
 
@@ -291,9 +291,9 @@ def log_tail(path: str, lines: int = 15) -> str:
 
 def follow(session: KaggleSession, kernels: list[PushedKernel], polling: Polling, out: Path,
            weights: bool = False, save: Callable[[], None] = lambda: None,
-           log: Callable[[str], None] = _print, patterns: dict | None = None) -> list[PushedKernel]:
+           log: Callable[[str], None] = _print, patterns: dict | None = None, hint: str = "") -> None:
     """Poll the versions until each ends, fetch each one's outputs (``patterns``: ref -> the
-    file names worth having) and log; returns the failed."""
+    file names worth having) and log; a UserError names the failed ones (their log's tail, then ``hint``)."""
     by_ref = {k.ref: k for k in kernels}
 
     def changed(ref: str, status: KernelStatus) -> None:
@@ -316,19 +316,16 @@ def follow(session: KaggleSession, kernels: list[PushedKernel], polling: Polling
                     raise
                 log(f"  {kernel.ref} v{kernel.version}: no outputs or log to fetch ({err})")
             save()
-    return [k for k in kernels if k.status != "COMPLETE"]
-
-
-def failure_text(failed: list[PushedKernel]) -> str:
     parts = []
-    for kernel in failed:
+    for kernel in (k for k in kernels if k.status != "COMPLETE"):
         text = f"{kernel.ref} v{kernel.version} ended {kernel.status}"
         if kernel.failure_message:
             text += f": {kernel.failure_message}"
         text += f" (log: {kernel.log})" if kernel.log else f" (see {kernel.url})"
         tail = log_tail(kernel.log)
         parts.append(text + (f"\n  last lines of the log:\n{tail}" if tail else ""))
-    return "\n".join(parts)
+    if parts:
+        raise UserError("kernel run(s) failed:\n" + "\n".join(parts) + hint)
 
 
 def push_kernels(session: KaggleSession, name: str, owner: str, layout: Layout, config: str,
@@ -354,9 +351,7 @@ def push_kernels(session: KaggleSession, name: str, owner: str, layout: Layout, 
     if not wait:
         log(f"follow with: ichkaggle push kernel {name} ... --wait, or open the URLs above")
         return pushed
-    failed = follow(session, pushed, polling, layout.out, weights=weights, log=log)
-    if failed:
-        raise UserError("kernel run(s) failed:\n" + failure_text(failed))
+    follow(session, pushed, polling, layout.out, weights=weights, log=log)
     return pushed
 
 

@@ -28,7 +28,7 @@ from typing import Callable
 from .errors import UserError
 from .files import sha256_file, write_atomic
 from .kaggle_api import COMPETITION, KERNEL_FAILED, KaggleError, KaggleSession, PushedKernel
-from .kaggle_flow import (INFER, TRAIN, KernelJob, Layout, Polling, _print, check_csv, experiment_folds, failure_text,
+from .kaggle_flow import (INFER, TRAIN, KernelJob, Layout, Polling, _print, check_csv, experiment_folds,
                           follow, kernel_config_name, kernel_template, push_job, warn_if_stale)
 from .kaggle_kernel import TRAIN_MANIFEST, _image_settings
 from .plan import SESSION_HOURS, make_plan, record_throughput
@@ -91,11 +91,9 @@ def _stage(session: KaggleSession, state: RunState, jobs: list[KernelJob], owner
             state.put(kernel)
         kernels.append(kernel)
     patterns = {job.ref(owner): job.fetch for job in jobs if job.fetch}
-    failed = follow(session, kernels, polling, out, save=lambda: state.put(*kernels), log=log, patterns=patterns)
-    if failed:
-        raise UserError("kernel run(s) failed:\n" + failure_text(failed) + "\nfix the cause (then `ichkaggle "
-                        "bundle` + `push dataset` if the code changed) and run the same command again: finished "
-                        "kernels are kept, failed ones are pushed again")
+    follow(session, kernels, polling, out, save=lambda: state.put(*kernels), log=log, patterns=patterns,
+           hint="\nfix the cause (then `ichkaggle bundle` + `push dataset` if the code changed) and run the same "
+                "command again: finished kernels are kept, failed ones are pushed again")
     return kernels
 
 
