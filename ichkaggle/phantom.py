@@ -112,11 +112,11 @@ def _profile(k: int, n: int) -> float:
     return float(np.clip(np.sqrt(max(0.0, 1.0 - ((t - 0.45) / 0.62) ** 2)), 0.45, 1.0))
 
 
-def _ellipse(mask_shape, center, axes, angle, value=1, start=0, end=360) -> np.ndarray:
+def _ellipse(mask_shape, center, axes, angle, start=0, end=360) -> np.ndarray:
     mask = np.zeros(mask_shape, np.uint8)
     cv2.ellipse(mask, (int(round(center[0] * 16)), int(round(center[1] * 16))),
                 (max(1, int(round(axes[0] * 16))), max(1, int(round(axes[1] * 16)))),
-                angle, start, end, value, thickness=-1, lineType=cv2.LINE_8, shift=4)  # shift=4: 1/16 px
+                angle, start, end, 1, thickness=-1, lineType=cv2.LINE_8, shift=4)  # shift=4: 1/16 px
     return mask.astype(bool)
 
 
@@ -210,7 +210,7 @@ def _lesion_mask(lesion, grow, shape, center, inner_axes, rot, ventricles, sulci
         rim = _ellipse(shape, center, inner_axes, rot) & ~_ellipse(shape, center, inside, rot)
         half_arc = 45 + 25 * size
         start = np.rad2deg(lesion.angle)
-        sector = _ellipse(shape, center, (s, s), rot, 1, start - half_arc, start + half_arc)
+        sector = _ellipse(shape, center, (s, s), rot, start - half_arc, start + half_arc)
         return rim & sector
     if lesion.subtype == "intraparenchymal":
         p = _on_ellipse(center, (inner_axes[0] * lesion.offset, inner_axes[1] * lesion.offset), rot, lesion.angle)
