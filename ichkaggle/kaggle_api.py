@@ -380,7 +380,7 @@ class KaggleSession:
         self.first_delay, self.max_delay = first_delay, max_delay
         self.timeout, self.sleep, self.clock = timeout, sleep, clock
         self.longest_retry_after = longest_retry_after
-        self._log = log
+        self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))  # stderr at call time
         self.secrets = secret_values(self.credentials)
         if self.credentials.key:
             self.secrets.append(basic_auth_header(self.credentials).split()[1])
@@ -388,11 +388,7 @@ class KaggleSession:
     # -- plumbing
 
     def log(self, message: str) -> None:
-        message = self.scrub(message)
-        if self._log is not None:
-            self._log(message)
-        else:
-            print(message, file=sys.stderr, flush=True)
+        self._log(self.scrub(message))
 
     def scrub(self, text: str) -> str:
         return scrub(text, self.secrets)
