@@ -236,9 +236,7 @@ def classify(err: Exception) -> Problem:
     text = str(err) or type(err).__name__
     if "Permission 'kernels.get' was denied" in text:
         return Problem("forbidden", text, 403)
-    if isinstance(err, ValueError):
-        return Problem("other", text)
-    return Problem("other", f"{type(err).__name__}: {text}")
+    return Problem("other", text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}")
 
 
 # ----------------------------------------------------------------------------- polling
