@@ -140,10 +140,8 @@ class PrepareResult:
 
     def describe(self) -> str:
         images = self.out / (SHARDS if (self.out / SHARDS / INDEX).exists() else IMAGES)
-        text = (
-            f"{self.total} files: {self.processed} processed, {self.skipped} already done, "
-            f"{self.failed} failed -> {images}, {self.out / METADATA}"
-        )
+        text = (f"{self.total} files: {self.processed} processed, {self.skipped} already done, "
+                f"{self.failed} failed -> {images}, {self.out / METADATA}")
         failures = self.metadata[self.metadata["status"] == "failed"]
         for _, row in failures.head(10).iterrows():
             text += f"\n  failed {row['ID']}: {row['error']}"
