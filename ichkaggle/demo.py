@@ -160,7 +160,7 @@ def run_demo(
         kind = {"gru": "a bi-GRU", "conv": "1D convolutions"}[experiment.sequence.model]
         stage(f"study context: {kind} along each series, on the {len(runs)} folds' out-of-fold outputs")
         oof = out_of_fold([r.run_dir for r in runs])
-        probs, scores, _ = sequence_stage(oof, test, experiment, workdir / "sequence")
+        probs, scores = sequence_stage(oof, test, experiment, workdir / "sequence")
         print(f"  out-of-fold weighted log loss: CNN alone {scores['cnn_oof']:.4f}, with study context "
               f"{scores['sequence_oof']:.4f} ({scores['seconds']:.0f}s)")
         submissions["context"] = write_checked(workdir / "submission.csv", test.ids, probs, sample, rates,

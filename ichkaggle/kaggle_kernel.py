@@ -444,7 +444,7 @@ def kaggle_infer(
     scores = {}
     if context:  # the sequence stage on the folds' out-of-fold outputs, on this machine's CPU
         oof = out_of_fold([folder / f"fold{m['fold']}" for folder, m in runs])
-        probs, scores, _ = sequence_stage(oof, test, experiment, output / "sequence")
+        probs, scores = sequence_stage(oof, test, experiment, output / "sequence")
         print(f"  study context: out-of-fold {scores['cnn_oof']:.4f} -> {scores['sequence_oof']:.4f} "
               f"({scores['seconds']:.0f}s)", flush=True)
         submission, report = write_checked(output / "submission.csv", test.ids, probs, sample, rates,

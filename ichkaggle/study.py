@@ -102,4 +102,4 @@ def sequence_stage(oof: SliceTable, test: SliceTable, experiment: Experiment, ou
     """Train the sequence models on the out-of-fold table and predict the test slices:
     (test probabilities, the out-of-fold scores with the seconds it took)."""
     result, scores = train_stage(oof, experiment, out)
-    return predict_test(result.models, test, experiment.sequence.batch_series), scores, result.oof
+    return predict_test(result.models, test, experiment.sequence.batch_series), scores
