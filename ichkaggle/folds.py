@@ -24,6 +24,8 @@ def assign_folds(patients, labels, k: int = 5, seed: int = 0) -> np.ndarray:
     order. Each label's count and the image count get a per-fold target (total / k);
     adding a patient to fold f changes the squared relative deviation from the targets
     by ``2 * g . w * (C_f - T) + const``, so the best fold is an argmin over k values.
+    Patients with the most (rarity-weighted) positives are placed first, while there is
+    still room to balance. Deterministic for a given seed.
     """
     patients = np.asarray(patients, dtype=object).reshape(-1)
     labels = np.asarray(labels)
