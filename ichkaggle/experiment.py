@@ -21,9 +21,17 @@ from pathlib import Path
 from .errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-#: fastai's Adam decouples weight decay by default (``decouple_wd=True``), so "adamw" is
-#: the same optimizer under the name most people know it by
-OPTIMIZERS = ("adam", "radam", "sgd", "adamw")
+#: a phase's ``optimizer`` -> the ``torch.optim`` class that runs it and the defaults of fastai's
+#: optimizer of that name (``ichkaggle.optim`` builds them). fastai's Adam decouples weight decay,
+#: so "adam" and "adamw" are both AdamW; SGD's weight decay is torch's (L2).
+OPTIMIZERS = {
+    "adam": ("AdamW", {"betas": (0.9, 0.99), "eps": 1e-5, "weight_decay": 0.01}),
+    "adamw": ("AdamW", {"betas": (0.9, 0.99), "eps": 1e-5, "weight_decay": 0.01}),
+    "radam": ("RAdam", {"betas": (0.9, 0.99), "eps": 1e-5, "weight_decay": 0.0, "decoupled_weight_decay": True}),
+    "sgd": ("SGD", {"momentum": 0.0, "weight_decay": 0.0}),
+}
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DECODERS = ("cpu", "gpu", "auto")
 SCHEDULES = ("one_cycle", "flat_cos")
 
 
@@ -33,6 +41,8 @@ class ModelConfig:
     #: a local weights file (timm's pretrained_cfg_overlay); "" = random init, no download ever
     weights: str = ""
     normalize: str = "imagenet"
+    #: "auto": bf16 on GPUs that have it, fp16 (with a loss scaler) on older ones, fp32 on a CPU
+    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,8 @@ class DataConfig:
     fold: int = 0
     n_folds: int = 5
     seed: int = 0
+    #: bitwise-reproducible GPU kernels (cuDNN deterministic) instead of the fastest (cuDNN benchmark)
+    deterministic: bool = False
     windows: tuple[str, ...] = ("brain", "subdural", "bone")
     source: str = "images"  # "images" (prepare's output) or "dicom" (decode in the loader)
     flip: bool = True
@@ -64,8 +76,9 @@ class DataConfig:
     #: "window_per_slice": channel j = window j of neighbour j (needs 2 * context + 1 windows);
     #: "all": every window of every neighbour
     context_recipe: str = "window_per_slice"
-    #: "auto": JPEG batches decode on the GPU (nvJPEG) when training on one; "cpu": in the workers
-    decode: str = "auto"
+    #: JPEG decoding: "cpu" in the loader's workers (enough for Kaggle's T4s); "gpu": nvJPEG on the
+    #: training GPU, the stream drained before each batch's decode; "auto": the safe default, "cpu"
+    decode: str = "cpu"
 
     def epoch_samples(self, n: int) -> int:
         """Training images in one epoch of a set of ``n`` (what ``samples_per_epoch`` means)."""
@@ -237,7 +250,7 @@ def validate(experiment: Experiment, where: str = "experiment") -> None:
         raise UserError(f"{where}: no [[phases]]: nothing to train")
     for i, phase in enumerate(experiment.phases, 1):
         at = f"{where} [[phases]] #{i}"
-        _check(phase.optimizer in OPTIMIZERS, f"{at} optimizer", phase.optimizer, f"choose one of {OPTIMIZERS}")
+        _check(phase.optimizer in OPTIMIZERS, f"{at} optimizer", phase.optimizer, f"choose one of {tuple(OPTIMIZERS)}")
         _check(phase.schedule in SCHEDULES, f"{at} schedule", phase.schedule, f"choose one of {SCHEDULES}")
         _check(phase.epochs >= 1, f"{at} epochs", phase.epochs, "must be >= 1")
         _check(phase.lr > 0, f"{at} lr", phase.lr, "must be > 0")
@@ -264,7 +277,8 @@ def validate(experiment: Experiment, where: str = "experiment") -> None:
     _check(not data.context or data.context_recipe == "all" or len(data.windows) == 2 * data.context + 1,
            f"{at} windows", list(data.windows), f"context_recipe 'window_per_slice' with context = {data.context} "
            f"needs {2 * data.context + 1} windows, one per slice")
-    _check(data.decode in ("auto", "cpu"), f"{at} decode", data.decode, "'auto' or 'cpu'")
+    _check(data.decode in DECODERS, f"{at} decode", data.decode, f"one of {DECODERS}")
+    _check(model.precision in PRECISIONS, f"{where} [model] precision", model.precision, f"one of {PRECISIONS}")
     _check(model.normalize in ("imagenet", "none"), f"{where} [model] normalize", model.normalize,
            "'imagenet' or 'none'")
     _check(predict.tta_n >= 1, f"{where} [predict] tta_n", predict.tta_n, "must be >= 1")
