@@ -31,6 +31,9 @@ class DicomImages:
         stored, rescale, _ = read_stored(self.paths[i])
         return render(stored, rescale, self.settings)
 
+    def name(self, i: int) -> str:
+        return Path(self.paths[i]).stem
+
 
 class ContextImages:
     """A slice with its neighbours in the series (2.5D): ``neighbours[i]`` are the positions of
@@ -50,6 +53,9 @@ class ContextImages:
             return np.concatenate(slices, axis=2)
         return np.stack([s[..., j] for j, s in enumerate(slices)], axis=2)
 
+    def name(self, i: int) -> str:
+        return self.images.name(i)
+
 
 class Rows:
     """Some rows of an image source, in the order given (a view: nothing is copied)."""
@@ -65,6 +71,13 @@ class Rows:
 
     def read(self, i: int) -> bytes:
         return self.images.read(int(self.rows[i]))
+
+    def name(self, i: int) -> str:
+        return self.images.name(int(self.rows[i]))
+
+    @property
+    def settings(self):
+        return getattr(self.images, "settings", None)
 
 
 def slice_images(table: pd.DataFrame, folder: str | os.PathLike, experiment, dicom: bool = False):

@@ -2,9 +2,9 @@
 
 Why: the DataBlock loader decoded each image with PIL per item through fastai's typed
 pipeline and started its worker processes again every epoch; a GPU waited on it. This one
-keeps a torch DataLoader with persistent workers that only read and decode (OpenCV, or hand
-the JPEG bytes to nvJPEG on the GPU), ships uint8 batches in pinned memory and leaves the
-augmentations to fastai's batch transforms on the device. It is a fastai ``TfmdDL``, so
+keeps a torch DataLoader with persistent workers that only read and decode (OpenCV, or, when
+asked, hand the JPEG bytes to nvJPEG on the GPU), ships uint8 batches in pinned memory and
+leaves the augmentations to the batch transforms on the device (``ichkaggle.augment``). It is a fastai ``TfmdDL``, so
 ``fit``, ``tta`` and ``get_preds`` work as before; its order is a pure function of
 ``(seed, epoch)``, so a resumed run draws the batches an uninterrupted one would.
 """
@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 
 import numpy as np
 import torch
 from fastai.data.core import TfmdDL
-from fastai.torch_core import TensorImage, TensorMultiCategory, to_device
+from fastai.torch_core import TensorImage, TensorMultiCategory, to_detach, to_device
 
+from .prepared import CorruptImage, decode_image
 from .sampling import epoch_indices, epoch_size
 
 # ----------------------------------------------------------------------------- items and batches
@@ -38,6 +40,10 @@ class SliceDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def name(self, i: int) -> str:
+        """The image id of item ``i`` (for error messages)."""
+        return self.images.name(i) if hasattr(self.images, "name") else f"item {i}"
 
     def __getitem__(self, i: int):
         if self.encoded:
@@ -75,6 +81,32 @@ class _Batches(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.batches)
+
+
+def decode_batch(encoded: list, device: torch.device, names: list[str]) -> torch.Tensor:
+    """JPEG bytes -> one NCHW uint8 batch on ``device``.
+
+    On a GPU, nvJPEG's hardware path writes its outputs without waiting for the work already
+    queued on the stream, into memory the caching allocator may have freed from tensors that
+    queued kernels still read (pytorch/vision#9606): the stream is drained first. A batch
+    nvJPEG refuses is decoded on the CPU image by image; an image no decoder reads is a
+    :class:`CorruptImage` naming it."""
+    from torchvision.io import decode_jpeg
+
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    try:
+        return torch.stack(decode_jpeg(encoded, device=device))
+    except RuntimeError as err:
+        print(f"warning: the batch with {names[0]} failed to decode on {device} ({err}); decoding it on the CPU",
+              file=sys.stderr, flush=True)
+    images = []
+    for data, name in zip(encoded, names):
+        try:
+            images.append(torch.from_numpy(decode_image(data.numpy().tobytes(), "jpg")).permute(2, 0, 1))
+        except ValueError as err:
+            raise CorruptImage(f"image {name}: {err}") from None
+    return torch.stack(images).to(device)
 
 
 def _worker_init(_worker: int) -> None:
@@ -149,14 +181,18 @@ class SliceLoader(TfmdDL):
 
     def __iter__(self):
         self.before_iter()
-        for x, y in self._raw(self._batches(self.get_idxs())):
-            if isinstance(x, list):  # JPEG bytes: decode the batch where it goes (nvJPEG on a GPU)
-                from torchvision.io import decode_jpeg
-
-                x = torch.stack(decode_jpeg(x, device=self.device or "cpu"))
+        batches = self._batches(self.get_idxs())
+        for idxs, (x, y) in zip(batches, self._raw(batches)):
+            if isinstance(x, list):  # JPEG bytes: decode the batch where it goes
+                x = decode_batch(x, self.device or torch.device("cpu"), [self.dataset.name(i) for i in idxs])
             x, y = to_device((x, y), self.device, non_blocking=True)
             yield self.after_batch((TensorImage(x), TensorMultiCategory(y)))
         self.after_iter()
+
+    def to_detach(self, b, cpu=True, gather=True):
+        """fastai gathers predictions across ranks whenever WORLD_SIZE > 1; only a sharded loader
+        holds a share of the items, so only it gathers (rank 0's final evaluation reads them all)."""
+        return to_detach(b, cpu, gather and self.world > 1)
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -161,6 +161,9 @@ class ImageStore:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def name(self, i: int) -> str:
+        return str(self.ids[i])
+
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k != "_fds"}
 
