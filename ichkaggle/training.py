@@ -4,19 +4,17 @@ The seed notebook's recipe as code: the fast loader (``ichkaggle.loader``) over 
 slices or DICOMs, a timm backbone by name through ``vision_learner``, BCE-with-logits and the
 competition metric, then the experiment's phases (freeze, optimizer, schedule). Around it
 what a Kaggle session needs: the best epoch by the metric is kept, every epoch ends with a
-full checkpoint (model, optimizer, schedule position, random states), a time limit stops the
-run cleanly between epochs and ``resume`` continues it exactly, and the kept model is
-calibrated on the validation fold (``ichkaggle.calibration``). Pretrained weights come
-only from a local file.
+full checkpoint (``ichkaggle.checkpoints``), a time limit stops the run cleanly between
+epochs and ``resume`` continues it exactly, and the kept model is calibrated on the
+validation fold (``ichkaggle.calibration``). Pretrained weights come only from a local file.
+On a GPU nothing in a training step waits for the device: see ``optim``, ``device``,
+``augment`` and ``device_metrics``.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,39 +25,34 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm/huggingface_hub impo
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-import fastai.callback.channelslast  # noqa: F401  (patches Learner.to_channelslast)
-import fastai.callback.fp16  # noqa: F401  (patches Learner.to_fp16, to_bf16)
+from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback, CancelFitException
+from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.data.core import DataLoaders
-from fastai.data.transforms import Normalize
-from fastai.learner import AvgLoss, AvgSmoothLoss, Metric
 from fastai.losses import BCEWithLogitsLossFlat
-from fastai.optimizer import SGD, Adam, RAdam
-from fastai.torch_core import num_distrib, rank_distrib, set_seed
-from fastai.vision.augment import aug_transforms
-from fastai.vision.core import imagenet_stats
-from fastai.vision.data import IntToFloatTensor
+from fastai.torch_core import set_seed
 from fastai.vision.learner import vision_learner
 
 from . import LABELS, __version__
 from . import calibration as calibrate
+from . import optim
+from .augment import batch_transforms
+from .checkpoints import checkpoint_path, load_checkpoint, load_weights, save_checkpoint, save_weights, set_rng_state
+from .device import DeviceMixedPrecision, precision, process_device, set_cudnn
+from .device_metrics import DeviceAvgLoss, DeviceLogLoss, DeviceSmoothLoss
+from .distributed import agree, all_reduce, init_distributed, leave_distributed, rank, trainer_callbacks, world
 from .errors import UserError
 from .experiment import Experiment
 from .files import write_atomic
 from .images import Rows, slice_images
 from .loader import SliceDataset, SliceLoader
-from .metric import EPS, WEIGHTS, per_label_log_loss
+from .metric import per_label_log_loss
 from .run_state import TrainingState, new_session
 from .sequence import SliceTable
 
 #: the kept model's outputs on its validation fold: the sequence stage's out-of-fold rows
 VALID_SLICES = "valid_slices.npz"
-
-#: fastai's Adam decouples weight decay (decouple_wd=True): it is AdamW under another name
-OPTIMIZERS = {"adam": Adam, "radam": RAdam, "sgd": SGD, "adamw": Adam}
-LOGIT_BOUND = math.log((1 - EPS) / EPS)  # clipping logits here = clipping probabilities to [eps, 1-eps]
 
 
 # ----------------------------------------------------------------------------- images
@@ -70,22 +63,11 @@ def channels(experiment: Experiment) -> int:
     return n * (2 * context + 1) if context and experiment.data.context_recipe == "all" else n
 
 
-def batch_transforms(experiment: Experiment) -> list:
-    """uint8 -> float on the device, the augmentations, then ImageNet statistics per channel."""
-    data = experiment.data
-    tfms = [IntToFloatTensor()]
-    tfms += aug_transforms(do_flip=data.flip, flip_vert=False, max_rotate=data.max_rotate, max_zoom=data.max_zoom,
-                           max_warp=data.max_warp, max_lighting=data.max_lighting, size=None, pad_mode="zeros")
-    if experiment.model.normalize == "imagenet":
-        mean, std = (torch.tensor([stats[j % 3] for j in range(channels(experiment))]) for stats in imagenet_stats)
-        tfms.append(Normalize.from_stats(mean, std))
-    return tfms
-
-
-def _device(device=None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device(f"cuda:{rank_distrib()}" if torch.cuda.is_available() else "cpu")
+def gpu_decodes(data, images, device: torch.device) -> bool:
+    """Whether JPEG bytes go to nvJPEG on the training GPU: only when [data] decode asks for it
+    (the workers' CPU decode is the measured-safe default) and the images are encoded JPEGs."""
+    return (device.type == "cuda" and data.decode == "gpu" and getattr(images, "read", None) is not None
+            and getattr(getattr(images, "settings", None), "format", "") == "jpg" and data.context == 0)
 
 
 def loader(experiment: Experiment, images, targets=None, *, train: bool = False, device=None,
@@ -93,13 +75,13 @@ def loader(experiment: Experiment, images, targets=None, *, train: bool = False,
     """A training (shuffled, epoch-seeded) or inference (in order) loader over ``images``;
     ``shard``: each process of a distributed run reads its own share."""
     data = experiment.data
-    device = _device(device)
+    device = process_device(device)
     on_gpu = device.type == "cuda"
     workers = data.num_workers if data.num_workers >= 0 else (min(4, os.cpu_count() or 1) if on_gpu else 0)
-    encoded = (on_gpu and data.decode != "cpu" and getattr(images, "read", None) is not None
-               and getattr(getattr(images, "settings", None), "format", "") == "jpg" and data.context == 0)
+    encoded = gpu_decodes(data, images, device)
     kwargs = dict(bs=data.batch_size, device=device, workers=workers, seed=data.seed,
-                  after_batch=batch_transforms(experiment))
+                  after_batch=batch_transforms(data, channels(experiment), experiment.model.normalize == "imagenet",
+                                               device))
     if train:
         targets = np.asarray(targets)
         samples = None if data.samples_per_epoch == 1 else data.epoch_samples(len(images))
@@ -114,74 +96,21 @@ def loader(experiment: Experiment, images, targets=None, *, train: bool = False,
         rows = np.sort(np.random.default_rng(data.seed).permutation(len(images))[:sample])
         images, targets = Rows(images, rows), None if targets is None else np.asarray(targets)[rows]
     if shard or train:
-        kwargs.update(rank=rank_distrib(), world=max(1, num_distrib()))
+        kwargs.update(rank=rank(), world=world())
     return SliceLoader(SliceDataset(images, targets, encoded=encoded, train=train), **kwargs)
 
 
-# ----------------------------------------------------------------------------- metrics on the device
-
-
-def _all_reduce(*values: torch.Tensor) -> list[torch.Tensor]:
-    if num_distrib() > 1 and torch.distributed.is_initialized():
-        for value in values:
-            torch.distributed.all_reduce(value)
-    return list(values)
-
-
-class _DeviceSum:
-    """A sum and a count kept on the device, read (and reduced across ranks) once per validation."""
-
-    def reset(self):
-        self.total, self.count = None, None
-
-    def _add(self, total, count):
-        self.total, self.count = (total, count) if self.total is None else (self.total + total, self.count + count)
-
-    @property
-    def value(self):
-        if self.total is None:
-            return None
-        total, count = _all_reduce(self.total.clone(), self.count.clone())
-        return (total / count).item()
-
-
-class DeviceLogLoss(_DeviceSum, Metric):
-    """The competition metric summed on the device and read once per validation: no
-    synchronisation per batch (the numpy metric would copy every batch to the host)."""
-
-    name = "weighted_log_loss"
-
-    def accumulate(self, learn):
-        logits = learn.pred.float().clamp(-LOGIT_BOUND, LOGIT_BOUND)
-        per = F.binary_cross_entropy_with_logits(logits, learn.y.float(), reduction="none")
-        self._add((per * per.new_tensor(WEIGHTS)).sum() / float(WEIGHTS.sum()), per.new_tensor(float(len(per))))
-
-
-class DeviceAvgLoss(_DeviceSum, AvgLoss):
-    """The validation loss, accumulated on the device (fastai's syncs every batch)."""
-
-    def accumulate(self, learn):
-        total = learn.loss.detach().mean() * len(learn.yb[0])
-        self._add(total, total.new_tensor(float(len(learn.yb[0]))))
-
-
-class DeviceSmoothLoss(AvgSmoothLoss):
-    """fastai's smoothed training loss, kept on the device (read by the progress bar only)."""
-
-    def reset(self):
-        self.count, self.val = 0, None
-
-    def accumulate(self, learn):
-        self.count += 1
-        loss = learn.loss.detach().float().mean()
-        self.val = loss if self.val is None else torch.lerp(loss, self.val, self.beta)
-
-    @property
-    def value(self):
-        return self.val / (1 - self.beta ** self.count) if self.val is not None else torch.tensor(0.0)
-
-
 # ----------------------------------------------------------------------------- model
+
+
+class QuietProgress(ProgressCallback):
+    """fastai's progress bar, showing the smoothed loss every 50 batches: reading it each batch
+    would make every step wait for the GPU."""
+
+    def after_batch(self):
+        self.pbar.update(self.iter + 1)
+        if hasattr(self, "smooth_loss") and self.iter % 50 == 0:
+            self.pbar.comment = f"{float(self.smooth_loss):.4f}"
 
 
 def build_learner(dls, experiment: Experiment, run_dir: Path, pretrained: bool = True):
@@ -197,72 +126,31 @@ def build_learner(dls, experiment: Experiment, run_dir: Path, pretrained: bool =
                 f"local file (on Kaggle: a dataset file); set weights = \"\" to start from random init"
             )
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
+    device = dls.device
     learn = vision_learner(dls, model.arch, n_out=len(LABELS), n_in=channels(experiment), pretrained=use_file,
-                           normalize=False, loss_func=BCEWithLogitsLossFlat(), metrics=[DeviceLogLoss()],
+                           normalize=False, loss_func=BCEWithLogitsLossFlat(), metrics=[DeviceLogLoss(device)],
                            path=run_dir, model_dir="models", **kwargs)
-    learn.recorder.loss, learn.recorder.smooth_loss = DeviceAvgLoss(), DeviceSmoothLoss()
-    if dls.device.type == "cuda":
-        capability = torch.cuda.get_device_capability(dls.device)
-        # bf16 needs no loss scaler, whose overflow check synchronises every step; T4/P100 lack it
-        learn = (learn.to_bf16() if capability >= (8, 0) else learn.to_fp16()).to_channelslast()
-    if not sys.stdout.isatty():  # outside a terminal fastai's bars are noise: the run logs a line per epoch
-        from fastai.callback.progress import ProgressCallback
-
-        learn.remove_cb(ProgressCallback)
+    learn.recorder.loss, learn.recorder.smooth_loss = DeviceAvgLoss(device), DeviceSmoothLoss()
+    amp = precision(model.precision, device)
+    if amp != "fp32":
+        learn.add_cb(DeviceMixedPrecision(amp, device.type))
+    if device.type == "cuda":
+        learn.add_cb(ChannelsLast())
+    learn.remove_cb(ProgressCallback)
+    if sys.stdout.isatty():  # outside a terminal fastai's bars are noise: the run logs a line per epoch
+        learn.add_cb(QuietProgress())
     learn.logger = lambda *args: None
     return learn
 
 
-def _save(obj, path: Path) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    write_atomic(path, buffer.getvalue())
+def use_optimizer(learn, kind: str) -> None:
+    """The phase's optimizer, fresh, for the learner's model (its parameters as they are now)."""
+    learn.opt_func = optim.opt_func(kind, learn.model, learn.dls.device)
+    learn.opt = None
+    learn.create_opt()
 
 
-def save_weights(model, path: Path) -> None:
-    """Model weights only (portable: no optimizer, no pickled code), atomically."""
-    _save(getattr(model, "module", model).state_dict(), path)
-
-
-def load_weights(learn, path: str | os.PathLike) -> None:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"weights {path}: no such file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        learn.model.load_state_dict(state)
-    except RuntimeError as err:
-        raise UserError(f"weights {path} do not fit this experiment's model: {str(err)[:300]}") from err
-
-
-# ----------------------------------------------------------------------------- checkpoints and budget
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "models" / "checkpoint.pth"
-
-
-def save_checkpoint(learn, run_dir: Path, phase: int, epoch: int) -> float:
-    """Everything a later session needs to continue exactly here; returns the seconds it took."""
-    started = time.time()
-    scaler = getattr(learn, "scaler", None)
-    state = {"model": getattr(learn.model, "module", learn.model).state_dict(),
-             "opt": learn.opt.state_dict() if learn.opt is not None else None,
-             "scaler": scaler.state_dict() if scaler is not None else None, "phase": phase, "epoch": epoch}
-    if rank_distrib() == 0:
-        _save(state, checkpoint_path(run_dir))
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    _save(rng, run_dir / "models" / f"rng-{rank_distrib()}.pth")  # each rank its own random streams
-    return time.time() - started
+# ----------------------------------------------------------------------------- budget and run control
 
 
 class Budget:
@@ -302,17 +190,17 @@ class RunControl(Callback):
             self._restore(self.restore)
             self.restore = None
         self.learn.dls.train.epoch = sum(p.epochs for p in self.record.phases[:self.phase]) + self.epoch
-        if not self.record.allows_epoch(self.phase, self.epoch):
+        if not agree(self.record.allows_epoch(self.phase, self.epoch), self.dls.device):  # every rank alike
             self.record.stopped = Stop(self.phase, self.epoch)
             raise CancelFitException()  # fastai's own way out: after_fit callbacks still run
         self.started, self.train_sum, self.train_count = time.time(), None, 0
 
     def _restore(self, state: dict) -> None:
         if state.get("opt") is not None and state["epoch"] > 0:  # mid-phase: the phase's own optimizer
-            self.learn.opt.load_state_dict(state["opt"])
+            optim.restore(self.learn.opt, state["opt"])
         if state.get("scaler") is not None and getattr(self.learn, "scaler", None) is not None:
             self.learn.scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def before_validate(self):
         self.valid_started = time.time()
@@ -330,7 +218,7 @@ class RunControl(Callback):
         if self.epoch < self.start_epoch:
             return
         values = dict(zip(self.learn.recorder.metric_names[1:], self.learn.recorder.values[-1]))
-        train = _all_reduce(self.train_sum.float().clone(), self.train_sum.new_tensor(float(self.train_count)))
+        train = all_reduce(self.train_sum.float().clone(), self.train_sum.new_tensor(float(self.train_count)))
         row = {"phase": self.record.phases[self.phase].name, "epoch": self.epoch + 1,
                "train_loss": (train[0] / train[1]).item(), "valid_loss": values.get("valid_loss"),
                "weighted_log_loss": values.get("weighted_log_loss"), "lr": self.learn.opt.hypers[-1]["lr"]}
@@ -347,8 +235,8 @@ class Run:
         self.n_train, self.n_valid = n_train, n_valid
         self.valid_share = 1.0  # the fraction of the validation fold each epoch scores
         self.stopped: Stop | None = None
-        self.main = rank_distrib() == 0
-        self.session = new_session(str(_device()) + (f" x{num_distrib()}" if num_distrib() > 1 else ""))
+        self.main = rank() == 0
+        self.session = new_session(str(process_device()) + (f" x{world()}" if world() > 1 else ""))
         self.state.sessions.append(self.session)
         self.history = pd.read_csv(run_dir / "history.csv").to_dict("records") if (run_dir / "history.csv").exists() \
             else []
@@ -371,7 +259,7 @@ class Run:
         self.history.append(row)
         session = self.session
         session["epochs"] += 1
-        session["images"] += len(learn.dls.train) * learn.dls.train.bs * max(1, num_distrib())
+        session["images"] += len(learn.dls.train) * learn.dls.train.bs * world()
         session["epoch_seconds"] = max(session.get("epoch_seconds") or 0, seconds)
         session["valid_seconds"] = self.valid_seconds
         score = row["weighted_log_loss"]
@@ -425,26 +313,6 @@ def _phase_schedule(learn, phase) -> ParamScheduler:
     return ParamScheduler({"lr": combined_cos(phase.pct_start, lr, lr, lr / 1e5)})
 
 
-def _distributed() -> list:
-    """Under torchrun (WORLD_SIZE > 1): the callback of DDP through accelerate, our loaders kept
-    as they are (each rank reads its own share); batch norms synchronised on GPUs."""
-    if num_distrib() <= 1:
-        return []
-    from fastai.distributed import DistributedTrainer
-
-    class ShardedTrainer(DistributedTrainer):
-        def _wrap_dl(self, dl):
-            return dl if isinstance(dl, SliceLoader) else super()._wrap_dl(dl)
-
-    cuda = torch.cuda.is_available()
-    return [ShardedTrainer(sync_bn=cuda, cpu=not cuda)]
-
-
-def _barrier() -> None:
-    if num_distrib() > 1 and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment, run_dir: str | os.PathLike, *,
           dicom: bool = False, time_limit: float | None = None, resume: bool = False,
           budget: Budget | None = None) -> TrainResult:
@@ -463,13 +331,15 @@ def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment
     elif state.experiment != experiment.name:
         raise UserError(f"{run_dir} holds a run of {state.experiment}, not {experiment.name}")
     (run_dir / "models").mkdir(parents=True, exist_ok=True)
-    if rank_distrib() == 0:
+    if rank() == 0:
         (run_dir / "config.toml").write_text(experiment.to_toml())
     budget = budget or Budget(time_limit)
     if state.complete:
         print(f"{run_dir}: already complete", flush=True)
         return _result(run_dir, experiment, table)
-    set_seed(experiment.data.seed, reproducible=True)  # python, numpy and torch generators
+    set_seed(experiment.data.seed)  # python, numpy and torch generators
+    set_cudnn(experiment.data.deterministic)
+    init_distributed()
     valid_mask = (table["fold"] == experiment.data.fold).to_numpy()
     if not valid_mask.any() or valid_mask.all():
         raise UserError(f"fold {experiment.data.fold}: needs both training and validation images ({len(table)} rows)")
@@ -478,7 +348,7 @@ def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment
     train_rows, valid_rows = np.flatnonzero(~valid_mask), np.flatnonzero(valid_mask)
     dls = DataLoaders(loader(experiment, Rows(images, train_rows), targets[train_rows], train=True),
                       loader(experiment, Rows(images, valid_rows), targets[valid_rows], shard=True,
-                             sample=experiment.data.valid_samples or None), path=run_dir, device=_device())
+                             sample=experiment.data.valid_samples or None), path=run_dir, device=process_device())
     if len(dls.train) == 0:
         raise UserError(f"an epoch of {dls.train._size()} training slices holds no full batch of "
                         f"{experiment.data.batch_size}: lower [data] batch_size or raise samples_per_epoch")
@@ -488,38 +358,35 @@ def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment
     restore = None
     if checkpoint_path(run_dir).exists() and (state.phase or state.epoch):
         # saved where state.json says the run continues
-        restore = torch.load(checkpoint_path(run_dir), map_location="cpu", weights_only=False)
-        restore["rng"] = torch.load(run_dir / "models" / f"rng-{rank_distrib()}.pth", weights_only=False)
+        restore = load_checkpoint(run_dir)
         learn.model.load_state_dict(restore["model"])
         print(f"resuming {run_dir}: {state.describe(experiment.phases)}", flush=True)
     try:
         for index, phase in enumerate(experiment.phases[state.phase:], start=state.phase):
             start = state.epoch if index == state.phase else 0
             (learn.freeze if phase.freeze else learn.unfreeze)()
-            learn.opt_func, learn.opt = OPTIMIZERS[phase.optimizer], None
-            learn.create_opt()
+            use_optimizer(learn, phase.optimizer)
             control, restore = RunControl(run, index, start, restore), None
-            learn.fit(phase.epochs, cbs=[_phase_schedule(learn, phase), control, *_distributed()], start_epoch=start,
-                      wd=phase.weight_decay)  # wd None: fastai's default
+            learn.fit(phase.epochs, cbs=[_phase_schedule(learn, phase), control, *trainer_callbacks()],
+                      start_epoch=start, wd=phase.weight_decay)  # wd None: the optimizer's default
             if run.stopped is not None:
                 raise run.stopped
         if restore is not None:  # stopped before the final evaluation last time
-            _set_rng_state(restore["rng"])
-        if not run.budget.allows(run.final_estimate()):
+            set_rng_state(restore["rng"])
+        if not agree(run.budget.allows(run.final_estimate()), dls.device):
             raise Stop(len(experiment.phases), 0)
     except Stop as stop:
         run.session["ended"] = f"time limit before epoch {stop.epoch + 1} of phase {stop.phase + 1}" \
             if stop.phase < len(experiment.phases) else "time limit before the final evaluation"
         run.save()
-        _barrier()
-        if rank_distrib() == 0:
+        leave_distributed()
+        if rank() == 0:
             print(f"stopped by the time limit ({state.describe(experiment.phases)}); continue with the same "
                   f"command plus --resume", flush=True)
         return TrainResult(run_dir, checkpoint_path(run_dir), False, pd.DataFrame(run.history))
-    _barrier()
-    if rank_distrib() != 0:
+    leave_distributed()  # rank 0 alone from here: its final evaluation must not wait for the others
+    if rank() != 0:
         return TrainResult(run_dir, run_dir / "models" / "final.pth", True, pd.DataFrame())
-    os.environ["WORLD_SIZE"] = "1"  # rank 0 alone from here: fastai must not gather across ranks
     return _finish(learn, run, table, images, valid_rows, targets)
 
 
