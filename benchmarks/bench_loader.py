@@ -2,7 +2,7 @@
 
 The baseline is the package's previous loader, rebuilt here as it was: a fastai DataBlock
 (``ImageBlock(PILImage)``, ``ColReader('path')``, ``MultiCategoryBlock``) over loose JPEG
-files. The new one is ``ichkaggle.loader.SliceLoader`` over the same images packed into
+files. The new one is ``ichkaggle.train.loader.SliceLoader`` over the same images packed into
 shards. Both read 224 px three-window JPEGs (prepared from synthetic 512 px slices).
 
 Measured per process: each loader produces collated uint8 batches (read, decode, collate)
@@ -51,8 +51,8 @@ def datablock_loaders(table, folder: Path, size: int, bs: int, workers: int, aug
 
 def slice_loader(table, folder: Path, size: int, bs: int, workers: int, augment: bool):
     from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase
-    from ichkaggle.images import slice_images
-    from ichkaggle.training import loader
+    from ichkaggle.train.samples import slice_images
+    from ichkaggle.train.loop import loader
 
     from ichkaggle import LABELS
 
@@ -87,12 +87,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from ichkaggle.folds import add_fold_column
-    from ichkaggle.labels import read_labels_csv
-    from ichkaggle.pack import pack_folder
-    from ichkaggle.prepare import PrepareSettings, prepare
-    from ichkaggle.prepared import read_slices
-    from ichkaggle.synth import load_config, synthesize
+    from ichkaggle.tables.folds import add_fold_column
+    from ichkaggle.tables.labels import read_labels_csv
+    from ichkaggle.prepared.shards import pack_folder
+    from ichkaggle.prepared.prepare import PrepareSettings, prepare
+    from ichkaggle.prepared.reader import read_slices
+    from ichkaggle.synth.dataset import load_config, synthesize
 
     torch.set_num_threads(1)  # one process, one core: the figure is per loader process
     work = Path(tempfile.mkdtemp(prefix="bench-loader-"))

@@ -58,9 +58,9 @@ def breakdown(src: Path, size: int) -> None:
     """Where a packed JPEG slice's time goes: start-up, then each step in one process."""
     import subprocess
 
-    from ichkaggle.dicom import read_stored
-    from ichkaggle.prepare import encode, one_thread, render
-    from ichkaggle.prepared import PrepareSettings
+    from ichkaggle.ct.dicom import read_stored
+    from ichkaggle.prepared.prepare import encode, one_thread, render
+    from ichkaggle.prepared.reader import PrepareSettings
 
     empty = Path(tempfile.mkdtemp(prefix="empty-"))
     start = time.perf_counter()
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=2, help="best of N runs")
     args = parser.parse_args(argv)
 
-    from ichkaggle.synth import load_config, synthesize
+    from ichkaggle.synth.dataset import load_config, synthesize
 
     work = Path(tempfile.mkdtemp(prefix="bench-prepare-"))
     try:

@@ -23,7 +23,7 @@ import numpy as np
 
 def synthetic_table(n: int, seed: int, folds: int | None, dims: int = 512):
     """(SliceTable) of ``n`` slices in series of 20-60, with labels that span adjacent slices."""
-    from ichkaggle.sequence import SliceTable
+    from ichkaggle.sequence.models import SliceTable
 
     rng = np.random.default_rng(seed)
     lengths = []
@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     import torch
 
     from ichkaggle.experiment import load_experiment
-    from ichkaggle.metric import weighted_log_loss
-    from ichkaggle.sequence import predict_test, train_sequence
+    from ichkaggle.tables.metric import weighted_log_loss
+    from ichkaggle.sequence.models import predict_test, train_sequence
 
     torch.set_num_threads(args.threads)
     experiment = load_experiment(args.config)

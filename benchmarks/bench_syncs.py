@@ -1,7 +1,7 @@
 """Host syncs per training batch: the calls that would make a GPU run wait, counted on this CPU.
 
-A whole ``ichkaggle.training.train`` run (training epochs, per-epoch validation, checkpoints,
-the final evaluation) is counted with ``ichkaggle.host_syncs.HostSyncs`` twice, with epochs of
+A whole ``ichkaggle.train.loop.train`` run (training epochs, per-epoch validation, checkpoints,
+the final evaluation) is counted with ``ichkaggle.train.host_syncs.HostSyncs`` twice, with epochs of
 N and of 3N training batches; everything but the training batches is the same in both, so
 ``(count(3N) - count(N)) / (2N x epochs)`` is what one training batch costs. ``--precision
 fp16`` runs the T4's path on this CPU (autocast, the loss scaler, and torch's fused kernels
@@ -25,11 +25,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def prepared_set(work: Path, n: int):
-    from ichkaggle.folds import add_fold_column
-    from ichkaggle.labels import read_labels_csv
-    from ichkaggle.prepare import PrepareSettings, prepare
-    from ichkaggle.prepared import read_slices
-    from ichkaggle.synth import load_config, synthesize
+    from ichkaggle.tables.folds import add_fold_column
+    from ichkaggle.tables.labels import read_labels_csv
+    from ichkaggle.prepared.prepare import PrepareSettings, prepare
+    from ichkaggle.prepared.reader import read_slices
+    from ichkaggle.synth.dataset import load_config, synthesize
 
     synthesize(work / "data", n, 0, seed=0, config=load_config(size=64, slices_min=8, slices_max=12),
                show_progress=False)
@@ -43,8 +43,8 @@ def count(table, folder: Path, out: Path, batches: int, epochs: int, bs: int, ar
           precision: str) -> dict:
     """The host syncs of one whole ``train`` run, by call."""
     from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig
-    from ichkaggle.host_syncs import HostSyncs
-    from ichkaggle.training import train
+    from ichkaggle.train.host_syncs import HostSyncs
+    from ichkaggle.train.loop import train
 
     experiment = Experiment(
         "syncs", ModelConfig(arch=arch, precision=precision),
@@ -60,7 +60,7 @@ def per_batch(batches: int, epochs: int, bs: int, arch: str, optimizer: str, pre
     """Host syncs per training batch: two runs with epochs of N and 3N batches, differenced."""
     import torch
 
-    from ichkaggle import optim
+    from ichkaggle.train import optim
 
     if precision not in ("fp32", "auto") and not torch.cuda.is_available():
         optim.FUSED_DEVICES = ("cuda", "cpu")  # the GPU's path on this CPU: fused kernels where a GPU has them

@@ -30,8 +30,8 @@ def model_alone(learn, bs: int, size: int, steps: int, kind: str = "adam") -> fl
     torch optimizer, the same mixed precision and loss scaler)."""
     import torch
 
-    from ichkaggle import optim
-    from ichkaggle.device import precision
+    from ichkaggle.train import optim
+    from ichkaggle.train.device import precision
 
     device = learn.dls.device
     cuda = device.type == "cuda"
@@ -80,9 +80,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def prepared(args, work: Path):
-    from ichkaggle.prepare import PrepareSettings, prepare
-    from ichkaggle.prepared import read_slices
-    from ichkaggle.synth import load_config, synthesize
+    from ichkaggle.prepared.prepare import PrepareSettings, prepare
+    from ichkaggle.prepared.reader import read_slices
+    from ichkaggle.synth.dataset import load_config, synthesize
 
     synthesize(work / "data", args.images, 0, seed=0, config=load_config(size=args.phantom_size),
                show_progress=False)
@@ -98,10 +98,10 @@ def measure(args, work: Path, table) -> list[dict]:
     from fastai.data.core import DataLoaders
 
     from ichkaggle import LABELS
-    from ichkaggle.device import set_cudnn
+    from ichkaggle.train.device import set_cudnn
     from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase
-    from ichkaggle.images import Rows, slice_images
-    from ichkaggle.training import build_learner, loader, use_optimizer
+    from ichkaggle.train.samples import Rows, slice_images
+    from ichkaggle.train.loop import build_learner, loader, use_optimizer
 
     set_cudnn(deterministic=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

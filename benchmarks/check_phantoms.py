@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from ichkaggle import SUBTYPES
-    from ichkaggle.phantom import PhantomConfig, lesion_profile, plan_series, render_slice
+    from ichkaggle.synth.phantom import PhantomConfig, lesion_profile, plan_series, render_slice
 
     config = PhantomConfig(size=args.size)
     rng = np.random.default_rng(args.seed)

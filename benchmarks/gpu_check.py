@@ -62,7 +62,7 @@ def resume(work: Path) -> dict:
 
     import bench_syncs
     from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig
-    from ichkaggle.training import train
+    from ichkaggle.train.loop import train
 
     table = bench_syncs.prepared_set(work / "resume", 240)
     phases = (Phase("frozen", 2, 3e-3, freeze=True), Phase("unfrozen", 2, 1e-3, optimizer="radam",
@@ -96,8 +96,8 @@ def decode(work: Path, repeats: int) -> dict:
     import torch
     from torchvision.io import decode_jpeg
 
-    from ichkaggle.loader import decode_batch
-    from ichkaggle.prepared import ImageStore, read_slices
+    from ichkaggle.train.loader import decode_batch
+    from ichkaggle.prepared.reader import ImageStore, read_slices
 
     table, _ = read_slices(work / "prep")
     store = ImageStore(work / "prep", table["ID"])

@@ -53,7 +53,7 @@ def check_competition_dir(data: Path) -> None:
 
 def competition_data(workdir: Path, data, n_train: int, n_test: int, seed: int, size: int, stage: Stages) -> Path:
     """The given competition directory, or a synthetic one (reused when it is there)."""
-    from .synth import load_config, synthesize
+    from .synth.dataset import load_config, synthesize
 
     if data is not None:
         data = Path(data)
@@ -72,8 +72,8 @@ def competition_data(workdir: Path, data, n_train: int, n_test: int, seed: int, 
 
 def prepare_both(data: Path, out: Path, experiment: Experiment, workers: int | None, stage: Stages) -> None:
     """Train and test slices, packed (a resumed run skips what is done)."""
-    from .prepare import PrepareSettings, prepare
-    from .windowing import parse_windows
+    from .prepared.prepare import PrepareSettings, prepare
+    from .ct.windowing import parse_windows
 
     settings = PrepareSettings(size=experiment.data.size, windows=parse_windows(list(experiment.data.windows)))
     stage(f"prepare: {settings.describe()}, packed")
@@ -85,7 +85,7 @@ def prepare_both(data: Path, out: Path, experiment: Experiment, workers: int | N
 def train_folds(table, folder: Path, experiment: Experiment, workdir: Path, stage: Stages) -> list:
     """Every fold of the experiment (each run reused when complete): the sequence stage needs
     every training slice predicted by a model that did not train on it."""
-    from .training import train  # torch only from here on
+    from .train.loop import train  # torch only from here on
 
     folds = range(experiment.data.n_folds)
     stage(f"train: {experiment.name} ({experiment.model.arch}, {sum(p.epochs for p in experiment.phases)} epochs) "
@@ -113,9 +113,9 @@ def run_demo(
     epochs: int | None = None,
 ) -> DemoResult:
     """Run every stage; stages whose outputs exist are resumed (prepare, runs) or reused (synth)."""
-    from .folds import add_fold_column
-    from .labels import read_labels_csv, write_wide_csv
-    from .prepared import read_slices
+    from .tables.folds import add_fold_column
+    from .tables.labels import read_labels_csv, write_wide_csv
+    from .prepared.reader import read_slices
 
     started, workdir = time.time(), Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -143,9 +143,9 @@ def run_demo(
     weights = [r.weights for r in runs]
 
     stage(f"predict: the test slices, {'TTA, ' if experiment.predict.tta else ''}the folds averaged")
-    from .study import out_of_fold, sequence_stage, test_slices
-    from .submission import write_checked
-    from .training import fill_rates
+    from .sequence.stage import out_of_fold, sequence_stage, test_slices
+    from .tables.submission import write_checked
+    from .train.loop import fill_rates
 
     test_table, failed = read_slices(prepared / "test")
     test, calibrated = test_slices(test_table, prepared / "test", experiment, weights)
@@ -182,7 +182,7 @@ def run_demo(
         print("  no test_labels.csv (a real competition hides them): submit to get a score")
 
     stage("report")
-    from .report import write_demo_report
+    from .train.report import write_demo_report
 
     report = write_demo_report(workdir, experiment, runs, table, prepared, scores, test, calibrated,
                                submissions, data / "test_labels.csv")
@@ -197,8 +197,8 @@ def run_demo(
 
 def score_all(submissions: dict, truth: Path, ids, rates, sample: Path, workdir: Path) -> dict:
     """The test scores on the hidden synthetic truth: the constant prior, then each submission."""
-    from .metric import score_files
-    from .submission import write_submission
+    from .tables.metric import score_files
+    from .tables.submission import write_submission
 
     prior = write_submission(workdir / "prior_submission.csv", ids, np.tile(rates, (len(ids), 1)), sample)
     names = {"2d": "CNN alone", "context": "study context"}  # then the file: (submission_2d) or (submission)

@@ -22,7 +22,7 @@ from .errors import UserError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 #: a phase's ``optimizer`` -> the ``torch.optim`` class that runs it and the defaults of fastai's
-#: optimizer of that name (``ichkaggle.optim`` builds them). fastai's Adam decouples weight decay,
+#: optimizer of that name (``ichkaggle.train.optim`` builds them). fastai's Adam decouples weight decay,
 #: so "adam" and "adamw" are both AdamW; SGD's weight decay is torch's (L2).
 OPTIMIZERS = {
     "adam": ("AdamW", {"betas": (0.9, 0.99), "eps": 1e-5, "weight_decay": 0.01}),
@@ -290,7 +290,7 @@ def validate(experiment: Experiment, where: str = "experiment") -> None:
     _check(0 <= seq.dropout < 1 and seq.lr > 0, f"{where} [sequence] dropout/lr", (seq.dropout, seq.lr),
            "dropout in [0, 1) and lr > 0")
     _check(0 <= predict.tta_beta <= 1, f"{where} [predict] tta_beta", predict.tta_beta, "must be in [0, 1]")
-    from .windowing import parse_windows
+    from .ct.windowing import parse_windows
 
     try:
         parse_windows(list(data.windows))

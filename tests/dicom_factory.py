@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ichkaggle.dicom import quiet_validation, read_stored
-from ichkaggle.dicom_write import ENCODING_BY_NAME, SeriesHeader, encode_hu, slice_dataset, write_slice
+from ichkaggle.ct.dicom import quiet_validation, read_stored
+from ichkaggle.synth.dicom_write import ENCODING_BY_NAME, SeriesHeader, encode_hu, slice_dataset, write_slice
 
 
 def hu_pattern(size: int = 32, seed: int = 0) -> np.ndarray:

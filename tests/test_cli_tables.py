@@ -8,9 +8,9 @@ import pytest
 
 from ichkaggle import LABELS
 from ichkaggle.cli import main
-from ichkaggle.labels import FILE_ORDER, wide_to_long
-from ichkaggle.tables import long_ids
-from ichkaggle.metric import weighted_log_loss
+from ichkaggle.tables.labels import FILE_ORDER, wide_to_long
+from ichkaggle.tables.csv_io import long_ids
+from ichkaggle.tables.metric import weighted_log_loss
 
 
 def _wide(n: int, seed: int = 0, consistent: bool = True) -> pd.DataFrame:

@@ -10,8 +10,8 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import ExplicitVRBigEndian, JPEGLosslessSV1, RLELossless
 
-from ichkaggle.dicom import FAILURE_KINDS, DicomReadError, read_stored, slice_position
-from ichkaggle.dicom_write import ENCODINGS
+from ichkaggle.ct.dicom import FAILURE_KINDS, DicomReadError, read_stored, slice_position
+from ichkaggle.synth.dicom_write import ENCODINGS
 
 from .conftest import REAL_SAMPLE
 from .dicom_factory import hu_pattern, read_hu, write
@@ -67,7 +67,7 @@ def test_padding_minus_2000_reads_as_minus_3024_hu(tmp_path):
     hu = hu_pattern()
     outside = np.zeros(hu.shape, bool)
     outside[-1] = True
-    from ichkaggle.dicom_write import ENCODING_BY_NAME, encode_hu
+    from ichkaggle.synth.dicom_write import ENCODING_BY_NAME, encode_hu
 
     stored = encode_hu(hu, ENCODING_BY_NAME["signed16"], outside)
     assert (stored[-1] == -2000).all()
@@ -238,7 +238,7 @@ def test_real_sample_decodes_with_plausible_hu():
 
 
 def _same_read(path):
-    from ichkaggle.dicom_fast import parse_native_file
+    from ichkaggle.ct.fast_header import parse_native_file
 
     fast_px, fast_rescale, fast_meta = read_stored(path, fast=True)
     slow_px, slow_rescale, slow_meta = read_stored(path, fast=False)
@@ -264,7 +264,7 @@ def test_fast_parser_equals_pydicom_on_pydicom_files(name):
 
 @pytest.mark.parametrize("name", ["JPEG2000.dcm", "MR_small_RLE.dcm"])
 def test_compressed_files_leave_the_fast_parser_for_pydicom_decoders(name):
-    from ichkaggle.dicom_fast import parse_native_file
+    from ichkaggle.ct.fast_header import parse_native_file
 
     path = get_testdata_file(name)
     assert parse_native_file(path) is None  # encapsulated pixels: not the fast parser's

@@ -73,7 +73,7 @@ def test_a_bad_config_on_the_command_line_exits_2_without_a_traceback(tmp_path):
 
 
 def test_data_that_cannot_serve_the_config_is_a_clear_error(synth_dir, tmp_path):
-    from ichkaggle.prepare import PrepareSettings, prepare
+    from ichkaggle.prepared.prepare import PrepareSettings, prepare
 
     prepare(synth_dir / "stage_2_train", tmp_path / "prep", PrepareSettings(size=16), workers=1,
             show_progress=False)

@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 
 from ichkaggle import LABELS
 from ichkaggle.errors import TableError
-from ichkaggle.folds import add_fold_column, assign_folds, fold_summary
+from ichkaggle.tables.folds import add_fold_column, assign_folds, fold_summary
 
 #: Stated tolerance: at realistic sizes (>= 1,000 patients of 10-60 slices, about 14 %
 #: `any`) every fold's `any` rate is within this absolute distance of the overall rate.

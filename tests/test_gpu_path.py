@@ -19,8 +19,8 @@ pytestmark = pytest.mark.torch
 def learner(prepared, tmp_path):  # noqa: F811
     from fastai.data.core import DataLoaders
 
-    from ichkaggle.images import slice_images
-    from ichkaggle.training import build_learner, loader
+    from ichkaggle.train.samples import slice_images
+    from ichkaggle.train.loop import build_learner, loader
 
     root, folds = prepared
     experiment = tiny_experiment()
@@ -39,7 +39,7 @@ def test_the_distributed_path_trains_the_network_predict_rebuilds(learner):
     from timm.layers import BatchNormAct2d
     from timm.layers.norm_act import SyncBatchNormAct
 
-    from ichkaggle.distributed import ShardedTrainer, sync_batchnorm
+    from ichkaggle.train.distributed import ShardedTrainer, sync_batchnorm
 
     model = learner.model.eval()
     x = torch.randn(2, 3, 32, 32)
@@ -78,8 +78,8 @@ def test_the_optimizer_is_torchs_with_fastais_defaults_and_no_decay_on_norms_and
     import torch
     from fastai.torch_core import norm_bias_params
 
-    from ichkaggle import optim
-    from ichkaggle.training import use_optimizer
+    from ichkaggle.train import optim
+    from ichkaggle.train.loop import use_optimizer
 
     use_optimizer(learner, "adam")
     opt = learner.opt
@@ -114,8 +114,8 @@ def test_a_restored_optimizer_state_follows_its_parameters_device(learner):
     resume mixes devices."""
     import torch
 
-    from ichkaggle import optim
-    from ichkaggle.training import use_optimizer
+    from ichkaggle.train import optim
+    from ichkaggle.train.loop import use_optimizer
 
     use_optimizer(learner, "radam")
     learner.unfreeze()
@@ -140,7 +140,7 @@ def test_a_restored_optimizer_state_follows_its_parameters_device(learner):
 def test_an_old_checkpoint_resumes_with_a_fresh_optimizer_state_and_says_so(tmp_path, capsys):
     import torch
 
-    from ichkaggle.checkpoints import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint
+    from ichkaggle.train.checkpoints import CHECKPOINT_FORMAT, checkpoint_path, load_checkpoint
 
     (tmp_path / "models").mkdir()
     torch.save({"model": {}, "opt": {"state": {}, "hypers": []}, "scaler": None, "phase": 0, "epoch": 1},
@@ -158,8 +158,8 @@ def test_an_old_checkpoint_resumes_with_a_fresh_optimizer_state_and_says_so(tmp_
 def jpegs(synth_dir, tmp_path_factory):
     import torch
 
-    from ichkaggle.prepare import PrepareSettings, prepare
-    from ichkaggle.prepared import ImageStore, read_slices
+    from ichkaggle.prepared.prepare import PrepareSettings, prepare
+    from ichkaggle.prepared.reader import ImageStore, read_slices
 
     out = tmp_path_factory.mktemp("jpegs")
     prepare(synth_dir / "stage_2_train", out, PrepareSettings(size=32, format="jpg"), workers=1,
@@ -173,7 +173,7 @@ def test_a_gpu_decode_starts_only_after_the_stream_has_drained(jpegs, monkeypatc
     import torch
     import torchvision.io
 
-    from ichkaggle import loader
+    from ichkaggle.train import loader
 
     store, encoded = jpegs
     calls = []
@@ -195,8 +195,8 @@ def test_a_batch_the_gpu_decoder_refuses_is_decoded_on_the_cpu_or_names_the_bad_
     import torch
     import torchvision.io
 
-    from ichkaggle.loader import decode_batch
-    from ichkaggle.prepared import CorruptImage
+    from ichkaggle.train.loader import decode_batch
+    from ichkaggle.prepared.reader import CorruptImage
 
     store, encoded = jpegs
     names = [str(i) for i in store.ids]
@@ -219,7 +219,7 @@ def test_gpu_decode_is_opt_in(jpegs):
     import torch
 
     from ichkaggle.experiment import DataConfig
-    from ichkaggle.training import gpu_decodes
+    from ichkaggle.train.loop import gpu_decodes
 
     store, _ = jpegs
     cuda = torch.device("cuda")
@@ -235,7 +235,7 @@ def test_gpu_decode_is_opt_in(jpegs):
 def test_each_process_trains_on_the_gpu_of_its_local_rank(monkeypatch):
     import torch
 
-    from ichkaggle.device import precision, process_device
+    from ichkaggle.train.device import precision, process_device
 
     chosen = []
     monkeypatch.setenv("RANK", "3")  # the fourth process overall, the second on this machine
@@ -265,8 +265,8 @@ def _rank(rank: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    from ichkaggle.device_metrics import DeviceLogLoss
-    from ichkaggle.distributed import agree
+    from ichkaggle.train.device_metrics import DeviceLogLoss
+    from ichkaggle.train.distributed import agree
 
     decision = agree(rank == 0, torch.device("cpu"))  # rank 0's clock allows the epoch, rank 1's does not
     metric = DeviceLogLoss(torch.device("cpu"))
@@ -308,8 +308,8 @@ def test_a_training_batch_makes_no_host_sync(prepared, tmp_path):  # noqa: F811
     batches cost. Then cuDNN: fastest kernels unless asked for bitwise reproducibility."""
     import torch
 
-    from ichkaggle.host_syncs import HostSyncs
-    from ichkaggle.training import train
+    from ichkaggle.train.host_syncs import HostSyncs
+    from ichkaggle.train.loop import train
 
     root, folds = prepared
     counts = []
@@ -329,8 +329,8 @@ def test_a_training_batch_makes_no_host_sync(prepared, tmp_path):  # noqa: F811
 def test_augmentations_run_on_training_batches_only(prepared):  # noqa: F811
     import torch
 
-    from ichkaggle.images import slice_images
-    from ichkaggle.training import loader
+    from ichkaggle.train.samples import slice_images
+    from ichkaggle.train.loop import loader
 
     root, folds = prepared
     experiment = tiny_experiment(max_rotate=30.0, max_zoom=1.3)

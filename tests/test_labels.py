@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from ichkaggle import LABELS, SUBTYPES
 from ichkaggle.errors import TableError
-from ichkaggle.tables import split_ids
-from ichkaggle.labels import (
+from ichkaggle.tables.csv_io import split_ids
+from ichkaggle.tables.labels import (
     FILE_ORDER,
     any_violations,
     describe_any_violations,

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.torch
 @pytest.fixture(scope="module")
 def layouts(synth_dir, tmp_path_factory):
     """The synthetic train slices prepared twice at 32 px JPEG: loose files and packed."""
-    from ichkaggle.folds import add_fold_column
-    from ichkaggle.labels import read_labels_csv
-    from ichkaggle.prepare import PrepareSettings, prepare
-    from ichkaggle.prepared import read_slices
+    from ichkaggle.tables.folds import add_fold_column
+    from ichkaggle.tables.labels import read_labels_csv
+    from ichkaggle.prepared.prepare import PrepareSettings, prepare
+    from ichkaggle.prepared.reader import read_slices
 
     root = tmp_path_factory.mktemp("layouts")
     settings = PrepareSettings(size=32, format="jpg")
@@ -37,8 +37,8 @@ def experiment(**data) -> Experiment:
 
 
 def _loader(root, table, layout, exp, train=True, **kw):
-    from ichkaggle.images import slice_images
-    from ichkaggle.training import loader
+    from ichkaggle.train.samples import slice_images
+    from ichkaggle.train.loop import loader
 
     images = slice_images(table, root / layout, exp)
     return loader(exp, images, table[list(LABELS)].to_numpy(), train=train, **kw)
@@ -89,7 +89,7 @@ def test_persistent_workers_give_the_same_batches_as_the_main_process(layouts):
 
 
 def test_batches_stay_uint8_until_the_device_then_normalised_floats(layouts):
-    from ichkaggle.loader import SliceDataset, collate
+    from ichkaggle.train.loader import SliceDataset, collate
 
     root, table = layouts
     dl = _loader(root, table, "packed", experiment(), train=False)
@@ -106,7 +106,7 @@ def test_jpeg_bytes_decoded_as_a_batch_match_opencv(layouts):
     import torch
     from torchvision.io import decode_jpeg
 
-    from ichkaggle.prepared import ImageStore
+    from ichkaggle.prepared.reader import ImageStore
 
     root, table = layouts
     store = ImageStore(root / "packed", table["ID"])
@@ -119,8 +119,8 @@ def test_jpeg_bytes_decoded_as_a_batch_match_opencv(layouts):
 
 
 def test_two_point_five_d_stacks_neighbours_per_recipe(layouts):
-    from ichkaggle.images import slice_images
-    from ichkaggle.series import neighbours
+    from ichkaggle.train.samples import slice_images
+    from ichkaggle.prepared.series import neighbours
 
     root, table = layouts
     alone = slice_images(table, root / "packed", experiment())
@@ -137,7 +137,7 @@ def test_two_point_five_d_stacks_neighbours_per_recipe(layouts):
 
 
 def test_a_corrupt_shard_stops_the_loader_naming_shard_and_image(layouts, tmp_path):
-    from ichkaggle.prepared import CorruptImage
+    from ichkaggle.prepared.reader import CorruptImage
 
     root, table = layouts
     copy = tmp_path / "packed"

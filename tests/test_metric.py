@@ -15,8 +15,8 @@ from hypothesis.extra.numpy import arrays
 
 from ichkaggle import LABELS
 from ichkaggle.errors import TableError
-from ichkaggle.labels import wide_to_long
-from ichkaggle.metric import EPS, WEIGHTS, per_label_log_loss, score_columns, score_files, sigmoid, weighted_log_loss
+from ichkaggle.tables.labels import wide_to_long
+from ichkaggle.tables.metric import EPS, WEIGHTS, per_label_log_loss, score_columns, score_files, sigmoid, weighted_log_loss
 
 try:  # sklearn is a test-only reference; the plain reference below always runs
     from sklearn.metrics import log_loss as sklearn_log_loss
@@ -217,5 +217,5 @@ def test_sigmoid_is_stable_for_large_logits():
 
 
 def test_importing_the_metric_does_not_import_torch():
-    code = "import sys, ichkaggle.metric; sys.exit('torch' in sys.modules or 'fastai' in sys.modules)"
+    code = "import sys, ichkaggle.tables.metric; sys.exit('torch' in sys.modules or 'fastai' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ichkaggle import pack as pack_module
-from ichkaggle import prepare as prepare_module
+from ichkaggle.prepared import shards as pack_module
+from ichkaggle.prepared import prepare as prepare_module
 from ichkaggle.cli import main
 from ichkaggle.errors import UserError
-from ichkaggle.prepare import PrepareSettings, prepare
-from ichkaggle.prepared import CorruptImage, ImageStore
+from ichkaggle.prepared.prepare import PrepareSettings, prepare
+from ichkaggle.prepared.reader import CorruptImage, ImageStore
 
 SETTINGS = PrepareSettings(size=32, format="jpg")
 

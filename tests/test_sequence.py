@@ -14,14 +14,14 @@ from ichkaggle import LABELS
 from ichkaggle.cli import main
 from ichkaggle.errors import UserError
 from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig, SequenceConfig
-from ichkaggle.series import neighbours
+from ichkaggle.prepared.series import neighbours
 from .conftest import tiny_prepared
 
 pytestmark = pytest.mark.torch
 
 
 def _table(n_series=6, seed=0, dims=8):
-    from ichkaggle.sequence import SliceTable
+    from ichkaggle.sequence.models import SliceTable
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -42,7 +42,7 @@ def _table(n_series=6, seed=0, dims=8):
 
 @pytest.mark.parametrize("kind", ["gru", "conv"])
 def test_a_series_prediction_does_not_depend_on_its_batch(kind):
-    from ichkaggle.sequence import build_model, predict_series
+    from ichkaggle.sequence.models import build_model, predict_series
 
     table = _table(8)
     cfg = SequenceConfig(model=kind, embedding_dims=4, hidden=8, layers=2, dropout=0.0)
@@ -61,8 +61,8 @@ def test_a_series_prediction_does_not_depend_on_its_batch(kind):
 
 
 def test_the_stage_starts_as_the_identity_and_learns_from_neighbours():
-    from ichkaggle.metric import weighted_log_loss
-    from ichkaggle.sequence import build_model, predict_series, train_sequence
+    from ichkaggle.tables.metric import weighted_log_loss
+    from ichkaggle.sequence.models import build_model, predict_series, train_sequence
 
     table = _table(60, seed=2, dims=4)
     cfg = SequenceConfig(model="conv", embedding_dims=0, hidden=16, layers=1, epochs=30, lr=0.01, batch_series=8)
@@ -74,7 +74,7 @@ def test_the_stage_starts_as_the_identity_and_learns_from_neighbours():
 
 
 def test_gaps_say_where_a_slice_is_missing():
-    from ichkaggle.sequence import gap_features
+    from ichkaggle.sequence.models import gap_features
 
     gaps = gap_features(np.array([0.0, 5.0, 10.0, 20.0, 25.0]))  # one slice missing between 10 and 20
     np.testing.assert_allclose(gaps[:, 0], [0, 1, 1, 2, 1])
@@ -82,7 +82,7 @@ def test_gaps_say_where_a_slice_is_missing():
 
 
 def test_neighbours_skip_a_slice_that_failed_and_follow_tilted_positions(synth_dir, tmp_path):
-    from ichkaggle.prepare import PrepareSettings, prepare
+    from ichkaggle.prepared.prepare import PrepareSettings, prepare
 
     meta = prepare(synth_dir / "stage_2_train", tmp_path / "p", PrepareSettings(size=16), workers=1,
                    show_progress=False).metadata
@@ -112,7 +112,7 @@ def _experiment(**sequence) -> Experiment:
 @pytest.fixture(scope="module")
 def two_folds(tmp_path_factory):
     """Both folds of a tiny experiment trained on synthetic slices, and the test slices prepared."""
-    from ichkaggle.training import train
+    from ichkaggle.train.loop import train
 
     root = tmp_path_factory.mktemp("seq")
     table = tiny_prepared(root, 60, 24, seed=4, slices=(10, 12))
@@ -125,7 +125,7 @@ def two_folds(tmp_path_factory):
 
 
 def test_no_slice_is_described_by_a_model_that_trained_on_it(two_folds, tmp_path):
-    from ichkaggle.study import out_of_fold
+    from ichkaggle.sequence.stage import out_of_fold
 
     root, table, _ = two_folds
     oof = out_of_fold([root / "run0", root / "run1"])
@@ -137,7 +137,7 @@ def test_no_slice_is_described_by_a_model_that_trained_on_it(two_folds, tmp_path
     for fold in (0, 1):  # a run's table that mixes in slices it trained on is refused
         bad = tmp_path / f"bad{fold}"
         shutil.copytree(root / f"run{fold}", bad)
-        from ichkaggle.sequence import SliceTable
+        from ichkaggle.sequence.models import SliceTable
 
         t = SliceTable.load(bad / "valid_slices.npz")
         t.fold[:2] = 1 - fold

@@ -45,14 +45,14 @@ def prepared(tmp_path_factory):
 
 
 def _train(prepared, experiment, run_dir, **kwargs):
-    from ichkaggle.training import train
+    from ichkaggle.train.loop import train
 
     root, folds = prepared
     return train(folds, root / "train", experiment, run_dir, **kwargs)
 
 
 def _test_table(root):
-    from ichkaggle.prepared import read_slices
+    from ichkaggle.prepared.reader import read_slices
 
     return read_slices(root / "test")[0]
 
@@ -94,7 +94,7 @@ def test_an_overfitted_run_ends_no_worse_than_the_prior_on_validation(torch, pre
     m = result.metrics
     assert m["valid_calibrated_in_sample"] <= m["valid_prior"] + 1e-12
     prior = np.broadcast_to(m["label_rates"], result.valid_targets.shape)
-    from ichkaggle.metric import weighted_log_loss
+    from ichkaggle.tables.metric import weighted_log_loss
 
     assert weighted_log_loss(result.valid_targets, result.valid_preds) <= weighted_log_loss(
         result.valid_targets, prior) + 1e-12  # what valid_predictions.csv holds: the calibrated kept model
@@ -104,7 +104,7 @@ def test_an_overfitted_run_ends_no_worse_than_the_prior_on_validation(torch, pre
 
 
 def test_saved_weights_load_back_to_identical_predictions(prepared, tmp_path):
-    from ichkaggle.training import predict
+    from ichkaggle.train.loop import predict
 
     _, folds = prepared
     experiment = tiny_experiment(epochs=1, tta=False)
@@ -115,7 +115,7 @@ def test_saved_weights_load_back_to_identical_predictions(prepared, tmp_path):
 
 
 def test_tta_keeps_row_order_and_folds_average(prepared, tmp_path):
-    from ichkaggle.training import predict
+    from ichkaggle.train.loop import predict
 
     root, _ = prepared
     experiment = tiny_experiment(epochs=1, augment=False)  # deterministic TTA: same views every call
@@ -138,8 +138,8 @@ def test_weights_load_from_a_local_file_without_network(torch, prepared, tmp_pat
     import timm
     from safetensors.torch import save_file
 
-    from ichkaggle.images import slice_images
-    from ichkaggle.training import build_learner, loader
+    from ichkaggle.train.samples import slice_images
+    from ichkaggle.train.loop import build_learner, loader
 
     root, folds = prepared
     reference = timm.create_model("efficientnet_b0", pretrained=False)
@@ -237,8 +237,8 @@ def test_time_limit_on_the_command_line_stops_cleanly_and_resume_finishes(prepar
 
 
 def test_dicom_source_and_samplers_build_batches(prepared):
-    from ichkaggle.images import slice_images
-    from ichkaggle.training import loader
+    from ichkaggle.train.samples import slice_images
+    from ichkaggle.train.loop import loader
 
     root, folds = prepared
     experiment = tiny_experiment()

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from ichkaggle.errors import UserError
-from ichkaggle.windowing import (
+from ichkaggle.ct.windowing import (
     DEFAULT_WINDOWS,
     PRESETS,
     Window,
@@ -19,7 +19,7 @@ from ichkaggle.windowing import (
     window_reference,
     window_stored,
 )
-from ichkaggle.dicom import Rescale
+from ichkaggle.ct.dicom import Rescale
 
 windows = st.builds(
     Window,
@@ -123,7 +123,7 @@ def test_parse_windows_errors_name_the_token(bad):
     st.lists(windows, min_size=1, max_size=3),
 )
 def test_rescale_folded_into_the_window_is_within_one_of_the_reference(stored, rescale, window_list):
-    from ichkaggle.windowing import window_linear
+    from ichkaggle.ct.windowing import window_linear
 
     slope, intercept = rescale
     hu = stored.astype(np.float64) * slope + intercept

@@ -42,7 +42,7 @@ def save_weights(arch: str, out: Path, random_init: bool = False) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata={"arch": arch, "timm_tag": tag, "pretrained": str(not random_init)})
     tmp.replace(path)
-    # loaded back as ichkaggle.training.build_learner does: from the file, never the hub
+    # loaded back as ichkaggle.train.loop.build_learner does: from the file, never the hub
     again = timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     first = next(iter(state))
     if not torch.equal(again.state_dict()[first], state[first]):

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..submission import check_submission
+    from ..tables.submission import check_submission
 
     report = check_submission(args.submission_csv, args.sample)
     print("\n".join(report.lines()))

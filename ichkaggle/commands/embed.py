@@ -24,10 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiment import load_experiment
-    from ..prepared import read_slices
-    from ..study import OOF, TEST, out_of_fold, test_slices
-    from ..submission import write_checked
-    from ..training import fill_rates
+    from ..prepared.reader import read_slices
+    from ..sequence.stage import OOF, TEST, out_of_fold, test_slices
+    from ..tables.submission import write_checked
+    from ..train.loop import fill_rates
 
     experiment = load_experiment(args.config)
     out = Path(args.out)

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import LABELS
-    from ..labels import any_violations, describe_any_violations, read_long_csv, write_wide_csv
+    from ..tables.labels import any_violations, describe_any_violations, read_long_csv, write_wide_csv
 
     wide = read_long_csv(args.train_csv)
     write_wide_csv(wide, args.out_csv)

@@ -26,9 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiment import load_experiment
-    from ..prepared import read_slices
-    from ..submission import write_checked
-    from ..training import fill_rates, predict
+    from ..prepared.reader import read_slices
+    from ..tables.submission import write_checked
+    from ..train.loop import fill_rates, predict
 
     experiment = load_experiment(args.config)
     table, failed = read_slices(args.prepared)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..windowing import parse_windows
+from ..ct.windowing import parse_windows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..prepare import PrepareSettings, prepare
+    from ..prepared.prepare import PrepareSettings, prepare
 
     settings = PrepareSettings(size=args.size or None, windows=parse_windows(args.windows), format=args.format,
                                jpeg_subsampling="444" if args.jpeg_444 else "420")

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..metric import score_files
+    from ..tables.metric import score_files
 
     if not 0 < args.eps < 0.5:
         raise UserError("--eps must be in (0, 0.5)")

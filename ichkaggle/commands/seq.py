@@ -29,9 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..experiment import load_experiment
-    from ..sequence import SliceTable, predict_test
-    from ..study import OOF, TEST, load_models, train_stage
-    from ..submission import write_checked
+    from ..sequence.models import SliceTable, predict_test
+    from ..sequence.stage import OOF, TEST, load_models, train_stage
+    from ..tables.submission import write_checked
 
     experiment = load_experiment(args.config)
     folder = Path(args.embeddings)

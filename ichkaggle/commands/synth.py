@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synth import load_config, synthesize
+    from ..synth.dataset import load_config, synthesize
 
     if args.train < 0 or args.test < 0:
         raise UserError("--train and --test must be >= 0")

@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiment import load_experiment
-    from ..run_state import parse_duration
+    from ..train.state import parse_duration
 
     overrides = {} if args.fold is None else {"fold": args.fold}
     if args.dicom:
@@ -44,14 +44,14 @@ def run(args: argparse.Namespace) -> int:
     experiment = load_experiment(args.config, **overrides)
     limit = parse_duration(args.time_limit) if args.time_limit else None
     table = training_table(Path(args.prepared), args.labels, args.folds, experiment)
-    from ..training import train  # torch from here on
+    from ..train.loop import train  # torch from here on
 
     out = Path(args.out or f"runs/{experiment.name}/fold{experiment.data.fold}")
     folder = Path(args.dicom or args.prepared)
     result = train(table, folder, experiment, out, dicom=bool(args.dicom), time_limit=limit, resume=args.resume)
     if not result.complete or not result.metrics:  # stopped by the limit, or a non-zero rank of a distributed run
         return 0
-    from ..report import write_run_report
+    from ..train.report import write_run_report
 
     report = write_run_report(result, experiment, table, folder, bool(args.dicom))
     metrics = result.metrics
@@ -65,10 +65,10 @@ def training_table(prepared: Path, labels_csv, folds_csv, experiment):
     """One row per labelled, prepared slice: ID, PatientID, series and position, fold, labels."""
     import pandas as pd
 
-    from ..folds import add_fold_column
-    from ..labels import read_labels_csv
-    from ..prepared import METADATA
-    from ..tables import read_csv
+    from ..tables.folds import add_fold_column
+    from ..tables.labels import read_labels_csv
+    from ..prepared.reader import METADATA
+    from ..tables.csv_io import read_csv
 
     metadata = read_csv(prepared / METADATA, "metadata", dtype={"ID": object, "PatientID": object,
                                                                "SeriesInstanceUID": object}, keep_default_na=False)

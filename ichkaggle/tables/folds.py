@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import LABELS
-from .errors import TableError
+from .. import LABELS
+from ..errors import TableError
 from .labels import FASTAI_COLUMN, as_wide, fastai_strings
 
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import LABELS, SUBTYPES
-from .errors import TableError
-from .tables import (LABEL_INDEX, N_EXAMPLES, SplitIds, examples, header, line_names, long_ids, read_csv,
+from .. import LABELS, SUBTYPES
+from ..errors import TableError
+from .csv_io import (LABEL_INDEX, N_EXAMPLES, SplitIds, examples, header, line_names, long_ids, read_csv,
                      split_ids, write_csv)
 
 #: Label order inside each image's block of rows in the competition's CSVs.

@@ -17,8 +17,8 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from .dicom import quiet_validation
-from .files import write_atomic
+from ..ct.dicom import quiet_validation
+from ..files import write_atomic
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import LABELS, SUBTYPES
-from .errors import TableError, UserError
+from .. import LABELS, SUBTYPES
+from ..errors import TableError, UserError
 from .labels import FILE_ORDER
-from .files import write_atomic
-from .tables import (N_EXAMPLES, RowMatch, SplitIds, examples, header, line_names, long_ids, match_rows,
+from ..files import write_atomic
+from .csv_io import (N_EXAMPLES, RowMatch, SplitIds, examples, header, line_names, long_ids, match_rows,
                      parse_numbers, read_csv, split_ids)
 
 #: Default bounds of the ``clip`` step: a confident mistake then costs at most ~13.8.

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from .distributed import rank
-from .errors import UserError
-from .files import write_atomic
+from ..errors import UserError
+from ..files import write_atomic
 
-#: 2: torch optimizers (``ichkaggle.optim``); 1 (no "format" key): fastai's
+#: 2: torch optimizers (``ichkaggle.train.optim``); 1 (no "format" key): fastai's
 CHECKPOINT_FORMAT = 2
 
 

@@ -17,11 +17,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from . import LABELS
-from .experiment import Experiment
-from .images import slice_images
-from .labels import read_long_csv
-from .series import sequences
+from .. import LABELS
+from ..experiment import Experiment
+from .samples import slice_images
+from ..tables.labels import read_long_csv
+from ..prepared.series import sequences
 
 SHORT = {"any": "any", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
          "subarachnoid": "SAH", "subdural": "SDH"}

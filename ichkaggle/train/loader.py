@@ -4,7 +4,7 @@ Why: the DataBlock loader decoded each image with PIL per item through fastai's 
 pipeline and started its worker processes again every epoch; a GPU waited on it. This one
 keeps a torch DataLoader with persistent workers that only read and decode (OpenCV, or, when
 asked, hand the JPEG bytes to nvJPEG on the GPU), ships uint8 batches in pinned memory and
-leaves the augmentations to the batch transforms on the device (``ichkaggle.augment``). It is a fastai ``TfmdDL``, so
+leaves the augmentations to the batch transforms on the device (``ichkaggle.train.augment``). It is a fastai ``TfmdDL``, so
 ``fit``, ``tta`` and ``get_preds`` work as before; its order is a pure function of
 ``(seed, epoch)``, so a resumed run draws the batches an uninterrupted one would.
 """
@@ -20,7 +20,7 @@ import torch
 from fastai.data.core import TfmdDL
 from fastai.torch_core import TensorImage, TensorMultiCategory, to_detach, to_device
 
-from .prepared import CorruptImage, decode_image
+from ..prepared.reader import CorruptImage, decode_image
 from .sampling import epoch_indices, epoch_size
 
 # ----------------------------------------------------------------------------- items and batches
@@ -110,7 +110,7 @@ def decode_batch(encoded: list, device: torch.device, names: list[str]) -> torch
 
 
 def _worker_init(_worker: int) -> None:
-    from .prepare import one_thread
+    from ..prepared.prepare import one_thread
 
     one_thread()
 

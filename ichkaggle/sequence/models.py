@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from . import LABELS
-from .calibration import logit
-from .errors import UserError
-from .metric import WEIGHTS, weighted_log_loss
-from .series import sequences
+from .. import LABELS
+from ..train.calibration import logit
+from ..errors import UserError
+from ..tables.metric import WEIGHTS, weighted_log_loss
+from ..prepared.series import sequences
 
 
 @dataclass

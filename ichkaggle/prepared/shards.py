@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import UserError
-from .files import write_atomic
+from ..errors import UserError
+from ..files import write_atomic
 
 SHARDS = "shards"
 INDEX = "index.csv"
@@ -106,7 +106,7 @@ def pack_folder(folder: str | os.PathLike, keep_images: bool = False, show_progr
     """
     from tqdm import tqdm
 
-    from .prepared import IMAGES, read_settings, read_slices
+    from .reader import IMAGES, read_settings, read_slices
 
     folder = Path(folder)
     settings = read_settings(folder)

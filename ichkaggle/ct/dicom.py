@@ -296,12 +296,12 @@ def quiet_validation():
 def read_stored(path: str | os.PathLike, fast: bool = True) -> tuple[np.ndarray, Rescale, SliceMeta]:
     """One file -> (stored values, their HU mapping, metadata); the fast path of ``prepare``.
 
-    Plain little-endian files are parsed by :mod:`ichkaggle.dicom_fast` (no pydicom
+    Plain little-endian files are parsed by :mod:`ichkaggle.ct.fast_header` (no pydicom
     objects); anything it does not handle goes through pydicom with the same logic.
     """
     fields = None
     if fast:
-        from .dicom_fast import parse_native_file
+        from .fast_header import parse_native_file
 
         fields = parse_native_file(path)
     with quiet_validation():

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from . import LABELS
-from .errors import TableError
+from .. import LABELS
+from ..errors import TableError
 from .labels import assemble_wide
-from .tables import examples, match_rows, parse_numbers, read_long_columns, split_ids
+from .csv_io import examples, match_rows, parse_numbers, read_long_columns, split_ids
 
 #: Per-label weights in LABELS order (any first).
 WEIGHTS = np.array([2.0, 1.0, 1.0, 1.0, 1.0, 1.0])

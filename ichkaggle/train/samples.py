@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class DicomImages:
@@ -25,8 +25,8 @@ class DicomImages:
         return len(self.paths)
 
     def image(self, i: int) -> np.ndarray:
-        from .dicom import read_stored
-        from .prepare import render
+        from ..ct.dicom import read_stored
+        from ..prepared.prepare import render
 
         stored, rescale, _ = read_stored(self.paths[i])
         return render(stored, rescale, self.settings)
@@ -83,9 +83,9 @@ class Rows:
 def slice_images(table: pd.DataFrame, folder: str | os.PathLike, experiment, dicom: bool = False):
     """The images of ``table``'s rows (prepared, either layout, or DICOM files), with their
     series neighbours stacked when the experiment asks for context (2.5D)."""
-    from .prepare import PrepareSettings
-    from .prepared import ImageStore, read_settings
-    from .windowing import parse_windows
+    from ..prepared.prepare import PrepareSettings
+    from ..prepared.reader import ImageStore, read_settings
+    from ..ct.windowing import parse_windows
 
     data = experiment.data
     windows = parse_windows(list(data.windows))
@@ -101,7 +101,7 @@ def slice_images(table: pd.DataFrame, folder: str | os.PathLike, experiment, dic
         images = ImageStore(folder, table["ID"].to_numpy(), settings)
     if data.context == 0:
         return images
-    from .series import neighbours
+    from ..prepared.series import neighbours
 
     for column in ("SeriesInstanceUID", "position"):
         if column not in table:

@@ -21,13 +21,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .dicom import DicomReadError, read_stored
-from .errors import UserError
-from .files import write_atomic
-from .pack import INDEX, JOURNAL as PACK_JOURNAL, SHARDS, ShardWriter, journal_rows, read_index, write_index
-from .prepared import IMAGES, JPEG_SAMPLING, METADATA, PNG_FILTERS, SETTINGS, PrepareSettings, read_settings
-from .tables import write_csv
-from .windowing import window_linear, window_stored
+from ..ct.dicom import DicomReadError, read_stored
+from ..errors import UserError
+from ..files import write_atomic
+from .shards import INDEX, JOURNAL as PACK_JOURNAL, SHARDS, ShardWriter, journal_rows, read_index, write_index
+from .reader import IMAGES, JPEG_SAMPLING, METADATA, PNG_FILTERS, SETTINGS, PrepareSettings, read_settings
+from ..tables.csv_io import write_csv
+from ..ct.windowing import window_linear, window_stored
 
 JOURNAL = ".prepare-journal.jsonl"
 #: metadata.csv's leading columns (the contract); the slice metadata follows.
@@ -190,7 +190,7 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, settings: PrepareSet
             show_progress: bool = True, chunk: int = 16, pack: bool = False) -> PrepareResult:
     """Run the whole batch; safe to interrupt and run again with the same arguments.
 
-    ``pack`` writes the images into shards (:mod:`ichkaggle.pack`) instead of one file each;
+    ``pack`` writes the images into shards (:mod:`ichkaggle.prepared.shards`) instead of one file each;
     a metadata row is journalled once its image is durable (its file renamed, its shard closed).
     """
     out = Path(out)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from fastai.learner import AvgLoss, AvgSmoothLoss, Metric
 
 from .distributed import all_reduce
-from .metric import EPS, WEIGHTS
+from ..tables.metric import EPS, WEIGHTS
 
 LOGIT_BOUND = math.log((1 - EPS) / EPS)  # clipping logits here = clipping probabilities to [eps, 1-eps]
 

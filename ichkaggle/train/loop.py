@@ -1,12 +1,12 @@
 """fastai + timm training and TTA prediction for an Experiment (needs the ``train`` extra).
 
-The seed notebook's recipe as code: the fast loader (``ichkaggle.loader``) over prepared
+The seed notebook's recipe as code: the fast loader (``ichkaggle.train.loader``) over prepared
 slices or DICOMs, a timm backbone by name through ``vision_learner``, BCE-with-logits and the
 competition metric, then the experiment's phases (freeze, optimizer, schedule). Around it
 what a Kaggle session needs: the best epoch by the metric is kept, every epoch ends with a
-full checkpoint (``ichkaggle.checkpoints``), a time limit stops the run cleanly between
+full checkpoint (``ichkaggle.train.checkpoints``), a time limit stops the run cleanly between
 epochs and ``resume`` continues it exactly, and the kept model is calibrated on the
-validation fold (``ichkaggle.calibration``). Pretrained weights come only from a local file.
+validation fold (``ichkaggle.train.calibration``). Pretrained weights come only from a local file.
 On a GPU nothing in a training step waits for the device: see ``optim``, ``device``,
 ``augment`` and ``device_metrics``.
 """
@@ -34,7 +34,7 @@ from fastai.losses import BCEWithLogitsLossFlat
 from fastai.torch_core import set_seed
 from fastai.vision.learner import vision_learner
 
-from . import LABELS, __version__
+from .. import LABELS, __version__
 from . import calibration as calibrate
 from . import optim
 from .augment import batch_transforms
@@ -42,14 +42,14 @@ from .checkpoints import checkpoint_path, load_checkpoint, load_weights, save_ch
 from .device import DeviceMixedPrecision, precision, process_device, set_cudnn
 from .device_metrics import DeviceAvgLoss, DeviceLogLoss, DeviceSmoothLoss
 from .distributed import agree, all_reduce, init_distributed, leave_distributed, rank, trainer_callbacks, world
-from .errors import UserError
-from .experiment import Experiment
-from .files import write_atomic
-from .images import Rows, slice_images
+from ..errors import UserError
+from ..experiment import Experiment
+from ..files import write_atomic
+from .samples import Rows, slice_images
 from .loader import SliceDataset, SliceLoader
-from .metric import per_label_log_loss
-from .run_state import TrainingState, new_session
-from .sequence import SliceTable
+from ..tables.metric import per_label_log_loss
+from .state import TrainingState, new_session
+from ..sequence.models import SliceTable
 
 #: the kept model's outputs on its validation fold: the sequence stage's out-of-fold rows
 VALID_SLICES = "valid_slices.npz"

@@ -15,7 +15,7 @@ from typing import Iterable, NamedTuple, Sequence
 import cv2
 import numpy as np
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class Window(NamedTuple):

@@ -16,7 +16,7 @@ import torch
 from fastai.optimizer import OptimWrapper, detuplify_pg, set_item_pg
 from fastai.torch_core import norm_bias_params
 
-from .experiment import OPTIMIZERS
+from ..experiment import OPTIMIZERS
 
 #: the ones whose fused step takes the loss scaler's inf check on the device (no host sync)
 FUSED = ("adam", "adamw", "sgd")

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import LABELS
-from .metric import EPS, sigmoid, weighted_log_loss
+from .. import LABELS
+from ..tables.metric import EPS, sigmoid, weighted_log_loss
 
 
 def logit(p) -> np.ndarray:

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import LABELS
-from .errors import TableError
-from .files import write_atomic
+from .. import LABELS
+from ..errors import TableError
+from ..files import write_atomic
 
 #: How many examples an error message shows per problem.
 N_EXAMPLES = 5

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .errors import UserError
-from .experiment import Experiment, SequenceConfig
-from .files import write_atomic
-from .sequence import SliceTable, build_model, predict_test, train_sequence
+from ..errors import UserError
+from ..experiment import Experiment, SequenceConfig
+from ..files import write_atomic
+from .models import SliceTable, build_model, predict_test, train_sequence
 
 OOF, TEST, MODELS, SCORES = "oof.npz", "test.npz", "sequence.pth", "sequence.json"
 
@@ -32,7 +32,7 @@ def out_of_fold(run_dirs) -> SliceTable:
     scale, as their calibrated average does on the test). A slice in two runs, or a run whose
     slices are not all of its validation fold, is an error: such rows would leak training
     data into the sequence stage."""
-    from .training import VALID_SLICES, run_calibration
+    from ..train.loop import VALID_SLICES, run_calibration
 
     tables = []
     for run in map(Path, run_dirs):
@@ -57,7 +57,7 @@ def out_of_fold(run_dirs) -> SliceTable:
 def test_slices(table: pd.DataFrame, folder, experiment: Experiment, weights, dicom: bool = False):
     """(the test SliceTable: the fold models' calibrated probabilities and embeddings averaged;
     those probabilities are also the CNN-alone submission's)."""
-    from .training import predict_each, run_calibration
+    from ..train.loop import predict_each, run_calibration
 
     each = predict_each(table, folder, experiment, weights, dicom=dicom)
     calibrated = np.mean([run_calibration(w).apply(p) for w, (p, _) in zip(weights, each)], axis=0)

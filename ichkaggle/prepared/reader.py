@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
-from .pack import INDEX, SHARDS, read_index
-from .tables import read_csv
-from .windowing import DEFAULT_WINDOWS, Window
+from ..errors import UserError
+from .shards import INDEX, SHARDS, read_index
+from ..tables.csv_io import read_csv
+from ..ct.windowing import DEFAULT_WINDOWS, Window
 
 SETTINGS = "prepare.json"
 METADATA = "metadata.csv"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from . import LABELS, SUBTYPES
+from .. import LABELS, SUBTYPES
 
 AIR_HU = -1000.0
 BRAIN_HU = 34.0
