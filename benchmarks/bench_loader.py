@@ -50,11 +50,10 @@ def datablock_loaders(table, folder: Path, size: int, bs: int, workers: int, aug
 
 
 def slice_loader(table, folder: Path, size: int, bs: int, workers: int, augment: bool):
-    from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase
-    from ichkaggle.train.samples import slice_images
-    from ichkaggle.train.loop import loader
-
     from ichkaggle import LABELS
+    from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase
+    from ichkaggle.train.data import loader
+    from ichkaggle.train.samples import slice_images
 
     experiment = Experiment("bench", ModelConfig(), DataConfig(size=size, batch_size=bs, num_workers=workers),
                             (Phase("p", 1, 1e-3),))
@@ -87,12 +86,12 @@ def main(argv=None) -> int:
 
     import torch
 
-    from ichkaggle.tables.folds import add_fold_column
-    from ichkaggle.tables.labels import read_labels_csv
-    from ichkaggle.prepared.shards import pack_folder
     from ichkaggle.prepared.prepare import PrepareSettings, prepare
     from ichkaggle.prepared.reader import read_slices
+    from ichkaggle.prepared.shards import pack_folder
     from ichkaggle.synth.dataset import load_config, synthesize
+    from ichkaggle.tables.folds import add_fold_column
+    from ichkaggle.tables.labels import read_labels_csv
 
     torch.set_num_threads(1)  # one process, one core: the figure is per loader process
     work = Path(tempfile.mkdtemp(prefix="bench-loader-"))

@@ -23,7 +23,7 @@ import numpy as np
 
 def synthetic_table(n: int, seed: int, folds: int | None, dims: int = 512):
     """(SliceTable) of ``n`` slices in series of 20-60, with labels that span adjacent slices."""
-    from ichkaggle.sequence.models import SliceTable
+    from ichkaggle.train.slice_table import SliceTable
 
     rng = np.random.default_rng(seed)
     lengths = []
@@ -58,8 +58,8 @@ def main(argv=None) -> int:
     import torch
 
     from ichkaggle.experiment import load_experiment
-    from ichkaggle.tables.metric import weighted_log_loss
     from ichkaggle.sequence.models import predict_test, train_sequence
+    from ichkaggle.tables.metric import weighted_log_loss
 
     torch.set_num_threads(args.threads)
     experiment = load_experiment(args.config)
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     print(f"| step | seconds |\n|---|---:|\n| train {len(result.models)} models (k-fold) | {trained:.0f} |\n"
           f"| predict the test slices | {predicted:.0f} |")
     print(f"out-of-fold weighted log loss: CNN alone {result.scores['cnn_oof']:.4f}, with the sequence stage "
-          f"{result.scores['sequence_oof']:.4f}; test {weighted_log_loss(test.targets, test.probs):.4f} -> "
+          f"{result.scores['sequence_oof']:.4f}; test {weighted_log_loss(test.targets, test.calibrated):.4f} -> "
           f"{weighted_log_loss(test.targets, probs):.4f}")
     return 0
 

@@ -25,11 +25,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def prepared_set(work: Path, n: int):
-    from ichkaggle.tables.folds import add_fold_column
-    from ichkaggle.tables.labels import read_labels_csv
     from ichkaggle.prepared.prepare import PrepareSettings, prepare
     from ichkaggle.prepared.reader import read_slices
     from ichkaggle.synth.dataset import load_config, synthesize
+    from ichkaggle.tables.folds import add_fold_column
+    from ichkaggle.tables.labels import read_labels_csv
 
     synthesize(work / "data", n, 0, seed=0, config=load_config(size=64, slices_min=8, slices_max=12),
                show_progress=False)

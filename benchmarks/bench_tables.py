@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 
 from ichkaggle import LABELS
+from ichkaggle.tables.csv_io import long_ids
 from ichkaggle.tables.labels import FILE_ORDER, read_long_csv, write_wide_csv
 from ichkaggle.tables.metric import score_files
 from ichkaggle.tables.submission import _read_sample_file, check_submission, write_submission
-from ichkaggle.tables.csv_io import long_ids
 
 N_TRAIN = 752_803
 N_TEST = 121_232

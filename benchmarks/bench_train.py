@@ -98,10 +98,11 @@ def measure(args, work: Path, table) -> list[dict]:
     from fastai.data.core import DataLoaders
 
     from ichkaggle import LABELS
-    from ichkaggle.train.device import set_cudnn
     from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase
+    from ichkaggle.train.data import loader
+    from ichkaggle.train.device import set_cudnn
+    from ichkaggle.train.learner import build_learner, use_optimizer
     from ichkaggle.train.samples import Rows, slice_images
-    from ichkaggle.train.loop import build_learner, loader, use_optimizer
 
     set_cudnn(deterministic=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -58,9 +58,9 @@ def host_syncs(args) -> dict:
 
 def resume(work: Path) -> dict:
     """A two-phase run stopped after each of its first epochs and resumed, against one that is not."""
+    import bench_syncs
     import pandas as pd
 
-    import bench_syncs
     from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig
     from ichkaggle.train.loop import train
 
@@ -96,8 +96,8 @@ def decode(work: Path, repeats: int) -> dict:
     import torch
     from torchvision.io import decode_jpeg
 
-    from ichkaggle.train.loader import decode_batch
     from ichkaggle.prepared.reader import ImageStore, read_slices
+    from ichkaggle.train.loader import decode_batch
 
     table, _ = read_slices(work / "prep")
     store = ImageStore(work / "prep", table["ID"])

@@ -72,8 +72,8 @@ def competition_data(workdir: Path, data, n_train: int, n_test: int, seed: int, 
 
 def prepare_both(data: Path, out: Path, experiment: Experiment, workers: int | None, stage: Stages) -> None:
     """Train and test slices, packed (a resumed run skips what is done)."""
-    from .prepared.prepare import PrepareSettings, prepare
     from .ct.windowing import parse_windows
+    from .prepared.prepare import PrepareSettings, prepare
 
     settings = PrepareSettings(size=experiment.data.size, windows=parse_windows(list(experiment.data.windows)))
     stage(f"prepare: {settings.describe()}, packed")
@@ -113,9 +113,9 @@ def run_demo(
     epochs: int | None = None,
 ) -> DemoResult:
     """Run every stage; stages whose outputs exist are resumed (prepare, runs) or reused (synth)."""
+    from .prepared.reader import read_slices
     from .tables.folds import add_fold_column
     from .tables.labels import read_labels_csv, write_wide_csv
-    from .prepared.reader import read_slices
 
     started, workdir = time.time(), Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +145,7 @@ def run_demo(
     stage(f"predict: the test slices, {'TTA, ' if experiment.predict.tta else ''}the folds averaged")
     from .sequence.stage import out_of_fold, sequence_stage, test_slices
     from .tables.submission import write_checked
-    from .train.loop import fill_rates
+    from .train.calibration import fill_rates
 
     test_table, failed = read_slices(prepared / "test")
     test, calibrated = test_slices(test_table, prepared / "test", experiment, weights)

@@ -304,6 +304,9 @@ def check_arch(arch: str, where: str) -> None:
     without the train extra there is no model to build, so nothing to check)."""
     if importlib.util.find_spec("timm") is None:
         return
+    from . import hub_offline
+
+    hub_offline()
     with warnings.catch_warnings():  # timm's layers use torch.jit.script, which torch now deprecates
         warnings.simplefilter("ignore", FutureWarning)
         import timm

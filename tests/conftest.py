@@ -22,11 +22,11 @@ def synth_dir(tmp_path_factory) -> Path:
 def tiny_prepared(root: Path, n_train: int, n_test: int, seed: int, slices: tuple[int, int]):
     """Synthetic train + test slices at 64 px, prepared packed at 32 px, with two patient folds:
     the small set the training and sequence tests train on. Returns the folds table."""
-    from ichkaggle.tables.folds import add_fold_column
-    from ichkaggle.tables.labels import read_labels_csv
     from ichkaggle.prepared.prepare import PrepareSettings, prepare
     from ichkaggle.prepared.reader import read_slices
     from ichkaggle.synth.dataset import load_config, synthesize
+    from ichkaggle.tables.folds import add_fold_column
+    from ichkaggle.tables.labels import read_labels_csv
 
     synthesize(root / "data", n_train, n_test, seed=seed,
                config=load_config(size=64, slices_min=slices[0], slices_max=slices[1]), show_progress=False)

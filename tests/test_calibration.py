@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ichkaggle.train.calibration import Calibration, cross_fitted, fit, summary
 from ichkaggle.tables.metric import weighted_log_loss
+from ichkaggle.train.calibration import Calibration, cross_fitted, fit, summary
 
 
 @st.composite

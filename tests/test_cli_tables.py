@@ -8,8 +8,8 @@ import pytest
 
 from ichkaggle import LABELS
 from ichkaggle.cli import main
-from ichkaggle.tables.labels import FILE_ORDER, wide_to_long
 from ichkaggle.tables.csv_io import long_ids
+from ichkaggle.tables.labels import FILE_ORDER, wide_to_long
 from ichkaggle.tables.metric import weighted_log_loss
 
 

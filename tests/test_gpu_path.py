@@ -19,8 +19,9 @@ pytestmark = pytest.mark.torch
 def learner(prepared, tmp_path):  # noqa: F811
     from fastai.data.core import DataLoaders
 
+    from ichkaggle.train.data import loader
+    from ichkaggle.train.learner import build_learner
     from ichkaggle.train.samples import slice_images
-    from ichkaggle.train.loop import build_learner, loader
 
     root, folds = prepared
     experiment = tiny_experiment()
@@ -79,7 +80,7 @@ def test_the_optimizer_is_torchs_with_fastais_defaults_and_no_decay_on_norms_and
     from fastai.torch_core import norm_bias_params
 
     from ichkaggle.train import optim
-    from ichkaggle.train.loop import use_optimizer
+    from ichkaggle.train.learner import use_optimizer
 
     use_optimizer(learner, "adam")
     opt = learner.opt
@@ -115,7 +116,7 @@ def test_a_restored_optimizer_state_follows_its_parameters_device(learner):
     import torch
 
     from ichkaggle.train import optim
-    from ichkaggle.train.loop import use_optimizer
+    from ichkaggle.train.learner import use_optimizer
 
     use_optimizer(learner, "radam")
     learner.unfreeze()
@@ -195,8 +196,8 @@ def test_a_batch_the_gpu_decoder_refuses_is_decoded_on_the_cpu_or_names_the_bad_
     import torch
     import torchvision.io
 
-    from ichkaggle.train.loader import decode_batch
     from ichkaggle.prepared.reader import CorruptImage
+    from ichkaggle.train.loader import decode_batch
 
     store, encoded = jpegs
     names = [str(i) for i in store.ids]
@@ -219,7 +220,7 @@ def test_gpu_decode_is_opt_in(jpegs):
     import torch
 
     from ichkaggle.experiment import DataConfig
-    from ichkaggle.train.loop import gpu_decodes
+    from ichkaggle.train.data import gpu_decodes
 
     store, _ = jpegs
     cuda = torch.device("cuda")
@@ -329,8 +330,8 @@ def test_a_training_batch_makes_no_host_sync(prepared, tmp_path):  # noqa: F811
 def test_augmentations_run_on_training_batches_only(prepared):  # noqa: F811
     import torch
 
+    from ichkaggle.train.data import loader
     from ichkaggle.train.samples import slice_images
-    from ichkaggle.train.loop import loader
 
     root, folds = prepared
     experiment = tiny_experiment(max_rotate=30.0, max_zoom=1.3)

@@ -17,10 +17,10 @@ pytestmark = pytest.mark.torch
 @pytest.fixture(scope="module")
 def layouts(synth_dir, tmp_path_factory):
     """The synthetic train slices prepared twice at 32 px JPEG: loose files and packed."""
-    from ichkaggle.tables.folds import add_fold_column
-    from ichkaggle.tables.labels import read_labels_csv
     from ichkaggle.prepared.prepare import PrepareSettings, prepare
     from ichkaggle.prepared.reader import read_slices
+    from ichkaggle.tables.folds import add_fold_column
+    from ichkaggle.tables.labels import read_labels_csv
 
     root = tmp_path_factory.mktemp("layouts")
     settings = PrepareSettings(size=32, format="jpg")
@@ -37,8 +37,8 @@ def experiment(**data) -> Experiment:
 
 
 def _loader(root, table, layout, exp, train=True, **kw):
+    from ichkaggle.train.data import loader
     from ichkaggle.train.samples import slice_images
-    from ichkaggle.train.loop import loader
 
     images = slice_images(table, root / layout, exp)
     return loader(exp, images, table[list(LABELS)].to_numpy(), train=train, **kw)
@@ -119,8 +119,8 @@ def test_jpeg_bytes_decoded_as_a_batch_match_opencv(layouts):
 
 
 def test_two_point_five_d_stacks_neighbours_per_recipe(layouts):
-    from ichkaggle.train.samples import slice_images
     from ichkaggle.prepared.series import neighbours
+    from ichkaggle.train.samples import slice_images
 
     root, table = layouts
     alone = slice_images(table, root / "packed", experiment())

@@ -16,7 +16,15 @@ from hypothesis.extra.numpy import arrays
 from ichkaggle import LABELS
 from ichkaggle.errors import TableError
 from ichkaggle.tables.labels import wide_to_long
-from ichkaggle.tables.metric import EPS, WEIGHTS, per_label_log_loss, score_columns, score_files, sigmoid, weighted_log_loss
+from ichkaggle.tables.metric import (
+    EPS,
+    WEIGHTS,
+    per_label_log_loss,
+    score_columns,
+    score_files,
+    sigmoid,
+    weighted_log_loss,
+)
 
 try:  # sklearn is a test-only reference; the plain reference below always runs
     from sklearn.metrics import log_loss as sklearn_log_loss

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ichkaggle.prepared import shards as pack_module
-from ichkaggle.prepared import prepare as prepare_module
 from ichkaggle.cli import main
 from ichkaggle.errors import UserError
+from ichkaggle.prepared import prepare as prepare_module
+from ichkaggle.prepared import shards as pack_module
 from ichkaggle.prepared.prepare import PrepareSettings, prepare
 from ichkaggle.prepared.reader import CorruptImage, ImageStore
 

@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ichkaggle.prepared import prepare as prepare_module
 from ichkaggle.cli import main
 from ichkaggle.ct.dicom import read_stored
+from ichkaggle.ct.windowing import DEFAULT_WINDOWS, parse_windows, window_reference, window_stored
 from ichkaggle.errors import UserError
+from ichkaggle.prepared import prepare as prepare_module
 from ichkaggle.prepared.prepare import LEAD_COLUMNS, PrepareSettings, prepare, render
 from ichkaggle.prepared.reader import decode_image
-from ichkaggle.ct.windowing import DEFAULT_WINDOWS, parse_windows, window_reference, window_stored
 
 from .conftest import REAL_SAMPLE
 

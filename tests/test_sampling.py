@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ichkaggle.train.sampling import epoch_indices, epoch_size
 from ichkaggle.prepared.series import neighbours, sequences
+from ichkaggle.train.sampling import epoch_indices, epoch_size
 
 
 @settings(max_examples=80)

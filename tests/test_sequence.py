@@ -15,13 +15,14 @@ from ichkaggle.cli import main
 from ichkaggle.errors import UserError
 from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig, SequenceConfig
 from ichkaggle.prepared.series import neighbours
+
 from .conftest import tiny_prepared
 
 pytestmark = pytest.mark.torch
 
 
 def _table(n_series=6, seed=0, dims=8):
-    from ichkaggle.sequence.models import SliceTable
+    from ichkaggle.train.slice_table import SliceTable
 
     rng = np.random.default_rng(seed)
     rows = []
@@ -57,17 +58,17 @@ def test_a_series_prediction_does_not_depend_on_its_batch(kind):
     np.testing.assert_allclose(together, alone, atol=1e-6)
     one = np.flatnonzero(table.series == "S3")
     np.testing.assert_allclose(predict_series(model, table.take(one))[:, :], together[one], atol=1e-6)
-    assert np.abs(together - table.probs).max() > 1e-3  # the model did change something
+    assert np.abs(together - table.calibrated).max() > 1e-3  # the model did change something
 
 
 def test_the_stage_starts_as_the_identity_and_learns_from_neighbours():
-    from ichkaggle.tables.metric import weighted_log_loss
     from ichkaggle.sequence.models import build_model, predict_series, train_sequence
+    from ichkaggle.tables.metric import weighted_log_loss
 
     table = _table(60, seed=2, dims=4)
     cfg = SequenceConfig(model="conv", embedding_dims=0, hidden=16, layers=1, epochs=30, lr=0.01, batch_series=8)
     untrained = build_model(cfg, 4)
-    np.testing.assert_allclose(predict_series(untrained, table), np.clip(table.probs, 1e-7, 1 - 1e-7), atol=1e-6)
+    np.testing.assert_allclose(predict_series(untrained, table), np.clip(table.calibrated, 1e-7, 1 - 1e-7), atol=1e-6)
     result = train_sequence(table, cfg)
     assert result.scores["sequence_oof"] < result.scores["cnn_oof"]  # lesions span 3 slices: neighbours help
     assert result.scores["sequence_oof"] == pytest.approx(weighted_log_loss(table.targets, result.oof))
@@ -137,7 +138,7 @@ def test_no_slice_is_described_by_a_model_that_trained_on_it(two_folds, tmp_path
     for fold in (0, 1):  # a run's table that mixes in slices it trained on is refused
         bad = tmp_path / f"bad{fold}"
         shutil.copytree(root / f"run{fold}", bad)
-        from ichkaggle.sequence.models import SliceTable
+        from ichkaggle.train.slice_table import SliceTable
 
         t = SliceTable.load(bad / "valid_slices.npz")
         t.fold[:2] = 1 - fold

@@ -11,9 +11,9 @@ from hypothesis.extra.numpy import arrays
 
 from ichkaggle import LABELS
 from ichkaggle.errors import TableError
+from ichkaggle.tables.csv_io import long_ids
 from ichkaggle.tables.labels import FILE_ORDER
 from ichkaggle.tables.submission import STEPS, any_max, check_submission, postprocess, write_submission
-from ichkaggle.tables.csv_io import long_ids
 
 HEX = "0123456789abcdef"
 

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ichkaggle import LABELS, SUBTYPES
+from ichkaggle.synth.dataset import load_config, synthesize
 from ichkaggle.synth.phantom import BLOOD_HU, PhantomConfig, plan_series, render_slice
 from ichkaggle.tables.labels import FILE_ORDER
-from ichkaggle.synth.dataset import load_config, synthesize
 
 from .dicom_factory import read_hu
 

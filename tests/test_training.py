@@ -12,6 +12,7 @@ import pytest
 from ichkaggle.cli import main
 from ichkaggle.errors import UserError
 from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig
+
 from .conftest import tiny_prepared
 
 pytestmark = pytest.mark.torch  # the train tox env runs these; the core env has no torch
@@ -104,7 +105,7 @@ def test_an_overfitted_run_ends_no_worse_than_the_prior_on_validation(torch, pre
 
 
 def test_saved_weights_load_back_to_identical_predictions(prepared, tmp_path):
-    from ichkaggle.train.loop import predict
+    from ichkaggle.train.predict import predict
 
     _, folds = prepared
     experiment = tiny_experiment(epochs=1, tta=False)
@@ -115,7 +116,7 @@ def test_saved_weights_load_back_to_identical_predictions(prepared, tmp_path):
 
 
 def test_tta_keeps_row_order_and_folds_average(prepared, tmp_path):
-    from ichkaggle.train.loop import predict
+    from ichkaggle.train.predict import predict
 
     root, _ = prepared
     experiment = tiny_experiment(epochs=1, augment=False)  # deterministic TTA: same views every call
@@ -138,8 +139,9 @@ def test_weights_load_from_a_local_file_without_network(torch, prepared, tmp_pat
     import timm
     from safetensors.torch import save_file
 
+    from ichkaggle.train.data import loader
+    from ichkaggle.train.learner import build_learner
     from ichkaggle.train.samples import slice_images
-    from ichkaggle.train.loop import build_learner, loader
 
     root, folds = prepared
     reference = timm.create_model("efficientnet_b0", pretrained=False)
@@ -237,8 +239,8 @@ def test_time_limit_on_the_command_line_stops_cleanly_and_resume_finishes(prepar
 
 
 def test_dicom_source_and_samplers_build_batches(prepared):
+    from ichkaggle.train.data import loader
     from ichkaggle.train.samples import slice_images
-    from ichkaggle.train.loop import loader
 
     root, folds = prepared
     experiment = tiny_experiment()

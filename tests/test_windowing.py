@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ichkaggle.errors import UserError
+from ichkaggle.ct.dicom import Rescale
 from ichkaggle.ct.windowing import (
     DEFAULT_WINDOWS,
     PRESETS,
@@ -19,7 +19,7 @@ from ichkaggle.ct.windowing import (
     window_reference,
     window_stored,
 )
-from ichkaggle.ct.dicom import Rescale
+from ichkaggle.errors import UserError
 
 windows = st.builds(
     Window,

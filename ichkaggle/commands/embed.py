@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from ..prepared.reader import read_slices
     from ..sequence.stage import OOF, TEST, out_of_fold, test_slices
     from ..tables.submission import write_checked
-    from ..train.loop import fill_rates
+    from ..train.calibration import fill_rates
 
     experiment = load_experiment(args.config)
     out = Path(args.out)

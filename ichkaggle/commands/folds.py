@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import LABELS
     from ..errors import UserError
+    from ..tables.csv_io import read_csv, write_csv
     from ..tables.folds import add_fold_column, fold_summary
     from ..tables.labels import read_labels_csv
-    from ..tables.csv_io import read_csv, write_csv
 
     if args.k < 2:
         raise UserError("--k must be at least 2")

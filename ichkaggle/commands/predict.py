@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from ..experiment import load_experiment
     from ..prepared.reader import read_slices
     from ..tables.submission import write_checked
-    from ..train.loop import fill_rates, predict
+    from ..train.calibration import fill_rates
+    from ..train.predict import predict
 
     experiment = load_experiment(args.config)
     table, failed = read_slices(args.prepared)

@@ -29,9 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..experiment import load_experiment
-    from ..sequence.models import SliceTable, predict_test
+    from ..sequence.models import predict_test
     from ..sequence.stage import OOF, TEST, load_models, train_stage
     from ..tables.submission import write_checked
+    from ..train.slice_table import SliceTable
 
     experiment = load_experiment(args.config)
     folder = Path(args.embeddings)

@@ -65,10 +65,10 @@ def training_table(prepared: Path, labels_csv, folds_csv, experiment):
     """One row per labelled, prepared slice: ID, PatientID, series and position, fold, labels."""
     import pandas as pd
 
-    from ..tables.folds import add_fold_column
-    from ..tables.labels import read_labels_csv
     from ..prepared.reader import METADATA
     from ..tables.csv_io import read_csv
+    from ..tables.folds import add_fold_column
+    from ..tables.labels import read_labels_csv
 
     metadata = read_csv(prepared / METADATA, "metadata", dtype={"ID": object, "PatientID": object,
                                                                "SeriesInstanceUID": object}, keep_default_na=False)

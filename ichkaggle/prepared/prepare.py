@@ -22,12 +22,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..ct.dicom import DicomReadError, read_stored
+from ..ct.windowing import window_linear, window_stored
 from ..errors import UserError
 from ..files import write_atomic
-from .shards import INDEX, JOURNAL as PACK_JOURNAL, SHARDS, ShardWriter, journal_rows, read_index, write_index
-from .reader import IMAGES, JPEG_SAMPLING, METADATA, PNG_FILTERS, SETTINGS, PrepareSettings, read_settings
 from ..tables.csv_io import write_csv
-from ..ct.windowing import window_linear, window_stored
+from .reader import IMAGES, JPEG_SAMPLING, METADATA, PNG_FILTERS, SETTINGS, PrepareSettings, read_settings
+from .shards import INDEX, SHARDS, ShardWriter, journal_rows, read_index, write_index
+from .shards import JOURNAL as PACK_JOURNAL
 
 JOURNAL = ".prepare-journal.jsonl"
 #: metadata.csv's leading columns (the contract); the slice metadata follows.

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
-from .shards import INDEX, SHARDS, read_index
-from ..tables.csv_io import read_csv
 from ..ct.windowing import DEFAULT_WINDOWS, Window
+from ..errors import UserError
+from ..tables.csv_io import read_csv
+from .shards import INDEX, SHARDS, read_index
 
 SETTINGS = "prepare.json"
 METADATA = "metadata.csv"

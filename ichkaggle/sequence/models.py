@@ -15,7 +15,7 @@ that did not train on it); the test predictions average the k sequence models.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,37 +23,11 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .. import LABELS
-from ..train.calibration import logit
 from ..errors import UserError
-from ..tables.metric import WEIGHTS, weighted_log_loss
 from ..prepared.series import sequences
-
-
-@dataclass
-class SliceTable:
-    """Per-slice CNN outputs with what orders them: one row per slice."""
-
-    ids: np.ndarray
-    series: np.ndarray
-    position: np.ndarray
-    probs: np.ndarray  # (N, 6) the CNN's probabilities (TTA), uncalibrated
-    embeddings: np.ndarray  # (N, D), float16 on disk
-    targets: np.ndarray | None = None  # (N, 6) 0/1 for the out-of-fold table
-    fold: np.ndarray | None = None  # the CNN's validation fold of each slice (out-of-fold table)
-
-    def save(self, path) -> None:
-        extra = {k: v for k, v in (("targets", self.targets), ("fold", self.fold)) if v is not None}
-        np.savez(path, ids=self.ids.astype(str), series=self.series.astype(str), position=self.position,
-                 probs=self.probs.astype(np.float32), embeddings=self.embeddings.astype(np.float16), **extra)
-
-    @classmethod
-    def load(cls, path) -> "SliceTable":
-        with np.load(path, allow_pickle=False) as data:
-            return cls(data["ids"].astype(object), data["series"].astype(object), data["position"], data["probs"],
-                       data["embeddings"], data.get("targets"), data.get("fold"))
-
-    def take(self, rows) -> "SliceTable":
-        return SliceTable(*(None if v is None else v[rows] for v in (getattr(self, f.name) for f in fields(self))))
+from ..tables.metric import WEIGHTS, weighted_log_loss
+from ..train.calibration import logit
+from ..train.slice_table import SliceTable
 
 
 def gap_features(position: np.ndarray) -> np.ndarray:
@@ -121,7 +95,7 @@ def _batch(table: SliceTable, seqs: list[np.ndarray]):
     for i, rows in enumerate(seqs):
         k = len(rows)
         emb[i, :k] = table.embeddings[rows]
-        lg[i, :k] = logit(table.probs[rows])
+        lg[i, :k] = logit(table.calibrated[rows])
         gp[i, :k] = gap_features(table.position[rows])
         if table.targets is not None:
             tg[i, :k] = table.targets[rows]
@@ -191,14 +165,14 @@ def train_sequence(table: SliceTable, cfg) -> SequenceResult:
     if len(np.unique(table.fold)) < 2:
         raise UserError("the sequence stage trains on out-of-fold outputs of at least two folds: train (and "
                         "attach) every fold, or set [sequence] enabled = false")
-    oof = np.zeros_like(table.probs, dtype=np.float64)
+    oof = np.zeros_like(table.calibrated, dtype=np.float64)
     models = []
     for k, fold in enumerate(np.unique(table.fold)):
         held = table.fold == fold
         model = fit_series(table.take(np.flatnonzero(~held)), cfg, cfg.seed + k)
         oof[held] = predict_series(model, table.take(np.flatnonzero(held)), cfg.batch_series)
         models.append(model)
-    scores = {"cnn_oof": weighted_log_loss(table.targets, table.probs),
+    scores = {"cnn_oof": weighted_log_loss(table.targets, table.calibrated),
               "sequence_oof": weighted_log_loss(table.targets, oof)}
     return SequenceResult(models, oof, scores, time.time() - started)
 

@@ -21,30 +21,31 @@ import torch
 from ..errors import UserError
 from ..experiment import Experiment, SequenceConfig
 from ..files import write_atomic
-from .models import SliceTable, build_model, predict_test, train_sequence
+from ..train.slice_table import SliceTable
+from .models import build_model, predict_test, train_sequence
 
 OOF, TEST, MODELS, SCORES = "oof.npz", "test.npz", "sequence.pth", "sequence.json"
 
 
 def out_of_fold(run_dirs) -> SliceTable:
     """Every fold run's validation slices, each described by the model of the run that held
-    it out, its probabilities calibrated as that run's (so that the folds' models speak on one
-    scale, as their calibrated average does on the test). A slice in two runs, or a run whose
+    it out, calibrated as that run's (so that the folds' models speak on one scale, as their
+    calibrated average does on the test). A slice in two runs, or a run whose
     slices are not all of its validation fold, is an error: such rows would leak training
     data into the sequence stage."""
-    from ..train.loop import VALID_SLICES, run_calibration
+    from ..train.calibration import run_calibration
+    from ..train.slice_table import VALID_SLICES
 
     tables = []
     for run in map(Path, run_dirs):
         path = run / VALID_SLICES
         if not path.exists():
             raise UserError(f"{run}: no {VALID_SLICES} (a run of this version of ichkaggle writes it when complete)")
-        table = SliceTable.load(path)
+        table = SliceTable.load(path, calibration=run_calibration(run / "models" / "final.pth"))
         fold = json.loads((run / "metrics.json").read_text())["fold"]
         if (table.fold != fold).any():
             raise UserError(f"{path}: slices of fold(s) {sorted(set(table.fold) - {fold})} in the run that held out "
                             f"fold {fold}: they were predicted by a model that trained on them")
-        table.probs = run_calibration(run / "models" / "final.pth").apply(table.probs)
         tables.append(table)
     merged = SliceTable(*(np.concatenate([getattr(t, f.name) for t in tables]) for f in fields(SliceTable)))
     repeated = pd.Index(merged.ids).duplicated()
@@ -57,7 +58,8 @@ def out_of_fold(run_dirs) -> SliceTable:
 def test_slices(table: pd.DataFrame, folder, experiment: Experiment, weights, dicom: bool = False):
     """(the test SliceTable: the fold models' calibrated probabilities and embeddings averaged;
     those probabilities are also the CNN-alone submission's)."""
-    from ..train.loop import predict_each, run_calibration
+    from ..train.calibration import run_calibration
+    from ..train.predict import predict_each
 
     each = predict_each(table, folder, experiment, weights, dicom=dicom)
     calibrated = np.mean([run_calibration(w).apply(p) for w, (p, _) in zip(weights, each)], axis=0)

@@ -18,10 +18,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from .. import LABELS
-from .dicom_write import ENCODINGS, SeriesHeader, encode_hu, slice_dataset, write_slice
-from ..tables.labels import wide_to_long
-from .phantom import PhantomConfig, plan_series, render_slice
 from ..tables.csv_io import write_csv
+from ..tables.labels import wide_to_long
+from .dicom_write import ENCODINGS, SeriesHeader, encode_hu, slice_dataset, write_slice
+from .phantom import PhantomConfig, plan_series, render_slice
+
 TRAIN_DIR, TEST_DIR = "stage_2_train", "stage_2_test"
 TRAIN_CSV, SAMPLE_CSV, TEST_LABELS_CSV = "stage_2_train.csv", "stage_2_sample_submission.csv", "test_labels.csv"
 

@@ -23,8 +23,18 @@ import pandas as pd
 
 from .. import LABELS, SUBTYPES
 from ..errors import TableError
-from .csv_io import (LABEL_INDEX, N_EXAMPLES, SplitIds, examples, header, line_names, long_ids, read_csv,
-                     split_ids, write_csv)
+from .csv_io import (
+    LABEL_INDEX,
+    N_EXAMPLES,
+    SplitIds,
+    examples,
+    header,
+    line_names,
+    long_ids,
+    read_csv,
+    split_ids,
+    write_csv,
+)
 
 #: Label order inside each image's block of rows in the competition's CSVs.
 FILE_ORDER = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")

@@ -15,8 +15,8 @@ import pandas as pd
 
 from .. import LABELS
 from ..errors import TableError
-from .labels import assemble_wide
 from .csv_io import examples, match_rows, parse_numbers, read_long_columns, split_ids
+from .labels import assemble_wide
 
 #: Per-label weights in LABELS order (any first).
 WEIGHTS = np.array([2.0, 1.0, 1.0, 1.0, 1.0, 1.0])

@@ -17,10 +17,21 @@ import pandas as pd
 
 from .. import LABELS, SUBTYPES
 from ..errors import TableError, UserError
-from .labels import FILE_ORDER
 from ..files import write_atomic
-from .csv_io import (N_EXAMPLES, RowMatch, SplitIds, examples, header, line_names, long_ids, match_rows,
-                     parse_numbers, read_csv, split_ids)
+from .csv_io import (
+    N_EXAMPLES,
+    RowMatch,
+    SplitIds,
+    examples,
+    header,
+    line_names,
+    long_ids,
+    match_rows,
+    parse_numbers,
+    read_csv,
+    split_ids,
+)
+from .labels import FILE_ORDER
 
 #: Default bounds of the ``clip`` step: a confident mistake then costs at most ~13.8.
 CLIP = (1e-6, 1.0 - 1e-6)

@@ -14,8 +14,16 @@ import torch
 import torch.nn.functional as F
 from fastai.data.transforms import Normalize
 from fastai.torch_core import TensorImage
-from fastai.vision.augment import (AffineCoordTfm, Brightness, Contrast, _WarpCoord, flip_mat, rotate_mat,
-                                   setup_aug_tfms, zoom_mat)
+from fastai.vision.augment import (
+    AffineCoordTfm,
+    Brightness,
+    Contrast,
+    _WarpCoord,
+    flip_mat,
+    rotate_mat,
+    setup_aug_tfms,
+    zoom_mat,
+)
 from fastai.vision.core import imagenet_stats
 from fastai.vision.data import IntToFloatTensor
 

@@ -13,11 +13,16 @@ by patient), so it stays honest.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
 from .. import LABELS
+from ..errors import UserError
 from ..tables.metric import EPS, sigmoid, weighted_log_loss
 
 
@@ -122,3 +127,23 @@ def summary(probs, targets, groups, label_rates) -> tuple[Calibration, dict]:
     calibration = fit(probs, targets, label_rates)
     scores["valid_calibrated_in_sample"] = weighted_log_loss(targets, calibration.apply(probs))
     return calibration, scores
+
+
+def run_calibration(weights: str | os.PathLike) -> Calibration:
+    """The calibration the weights' run fitted (identity, with a warning, for weights from elsewhere)."""
+    path = Path(weights).resolve().parent.parent / "calibration.json"  # weights are RUN/models/final.pth
+    if path.exists():
+        return Calibration.from_json(json.loads(path.read_text()))
+    print(f"warning: no {path}: {weights} predicts uncalibrated", file=sys.stderr, flush=True)
+    return Calibration.identity([np.nan] * len(LABELS))
+
+
+def fill_rates(weights) -> np.ndarray:
+    """The training label rates of the runs (averaged): what a slice that could not be read
+    is predicted -- the one rule of ``predict``, ``embed``, ``sequence predict``, the demo and
+    the infer kernel."""
+    rates = np.array([run_calibration(w).label_rates for w in weights], dtype=np.float64)
+    if np.isnan(rates).any():
+        raise UserError("the training label rates are unknown for weights without calibration.json; "
+                        "a slice that failed to prepare cannot be filled in")
+    return rates.mean(axis=0)

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .distributed import rank
 from ..errors import UserError
 from ..files import write_atomic
+from .distributed import rank
 
 #: 2: torch optimizers (``ichkaggle.train.optim``); 1 (no "format" key): fastai's
 CHECKPOINT_FORMAT = 2

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from fastai.learner import AvgLoss, AvgSmoothLoss, Metric
 
-from .distributed import all_reduce
 from ..tables.metric import EPS, WEIGHTS
+from .distributed import all_reduce
 
 LOGIT_BOUND = math.log((1 - EPS) / EPS)  # clipping logits here = clipping probabilities to [eps, 1-eps]
 

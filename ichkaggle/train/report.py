@@ -19,9 +19,9 @@ import pandas as pd
 
 from .. import LABELS
 from ..experiment import Experiment
-from .samples import slice_images
-from ..tables.labels import read_long_csv
 from ..prepared.series import sequences
+from ..tables.labels import read_long_csv
+from .samples import slice_images
 
 SHORT = {"any": "any", "epidural": "EDH", "intraparenchymal": "IPH", "intraventricular": "IVH",
          "subarachnoid": "SAH", "subdural": "SDH"}

@@ -83,9 +83,9 @@ class Rows:
 def slice_images(table: pd.DataFrame, folder: str | os.PathLike, experiment, dicom: bool = False):
     """The images of ``table``'s rows (prepared, either layout, or DICOM files), with their
     series neighbours stacked when the experiment asks for context (2.5D)."""
+    from ..ct.windowing import parse_windows
     from ..prepared.prepare import PrepareSettings
     from ..prepared.reader import ImageStore, read_settings
-    from ..ct.windowing import parse_windows
 
     data = experiment.data
     windows = parse_windows(list(data.windows))
