@@ -114,7 +114,7 @@ def run_demo(
 ) -> DemoResult:
     """Run every stage; stages whose outputs exist are resumed (prepare, runs) or reused (synth)."""
     from .prepared.reader import read_slices
-    from .tables.folds import add_fold_column
+    from .tables.folds import training_table
     from .tables.labels import read_labels_csv, write_wide_csv
 
     started, workdir = time.time(), Path(workdir)
@@ -135,7 +135,7 @@ def run_demo(
 
     stage(f"folds: {experiment.data.n_folds} folds grouped by patient")
     train_slices, _ = read_slices(prepared / "train")
-    table = add_fold_column(train_slices.assign(status="ok"), wide, experiment.data.n_folds, experiment.data.seed)
+    table = training_table(train_slices.assign(status="ok"), wide, experiment.data.n_folds, experiment.data.seed)
     table.to_csv(workdir / "folds.csv", index=False)
     print(f"  {len(table)} labelled images, {table['PatientID'].nunique()} patients")
 
@@ -158,10 +158,10 @@ def run_demo(
     submissions = {"2d": write_checked(first, test.ids, calibrated, sample, rates, f"  {first.name}: ", "; ", invalid)}
     if context:
         kind = {"gru": "a bi-GRU", "conv": "1D convolutions"}[experiment.sequence.model]
-        stage(f"study context: {kind} along each series, on the {len(runs)} folds' out-of-fold outputs")
+        stage(f"sequence stage: {kind} along each series, on the {len(runs)} folds' out-of-fold outputs")
         oof = out_of_fold([r.run_dir for r in runs])
         probs, scores = sequence_stage(oof, test, experiment, workdir / "sequence")
-        print(f"  out-of-fold weighted log loss: CNN alone {scores['cnn_oof']:.4f}, with study context "
+        print(f"  out-of-fold weighted log loss: CNN alone {scores['cnn_oof']:.4f}, with the sequence stage "
               f"{scores['sequence_oof']:.4f} ({scores['seconds']:.0f}s)")
         submissions["context"] = write_checked(workdir / "submission.csv", test.ids, probs, sample, rates,
                                                "  submission.csv: ", "; ", invalid)
@@ -175,9 +175,9 @@ def run_demo(
                            workdir)
         for name, value in scores.items():
             print(f"  {name:<28} {value:.4f}")
-        if "study context (submission)" in scores:
-            gain = 1 - scores["study context (submission)"] / scores["CNN alone (submission_2d)"]
-            print(f"  study context: {gain:.1%} below the CNN alone")
+        if "sequence stage (submission)" in scores:
+            gain = 1 - scores["sequence stage (submission)"] / scores["CNN alone (submission_2d)"]
+            print(f"  sequence stage: {gain:.1%} below the CNN alone")
     else:
         print("  no test_labels.csv (a real competition hides them): submit to get a score")
 
@@ -201,6 +201,6 @@ def score_all(submissions: dict, truth: Path, ids, rates, sample: Path, workdir:
     from .tables.submission import write_submission
 
     prior = write_submission(workdir / "prior_submission.csv", ids, np.tile(rates, (len(ids), 1)), sample)
-    names = {"2d": "CNN alone", "context": "study context"}  # then the file: (submission_2d) or (submission)
+    names = {"2d": "CNN alone", "context": "sequence stage"}  # then the file: (submission_2d) or (submission)
     return {"constant prior (training rates)": score_files(prior, truth).score,
             **{f"{names[k]} ({path.stem})": score_files(path, truth).score for k, path in submissions.items()}}

@@ -156,3 +156,16 @@ def test_add_fold_column_errors():
         add_fold_column(pd.concat([metadata, metadata.iloc[[1]]]), labels)
     with pytest.raises(TableError, match="no image is both"):
         add_fold_column(metadata.assign(ID=metadata["ID"] + "x"), labels)
+
+
+def test_the_training_table_takes_given_folds_and_names_a_slice_without_one():
+    from ichkaggle.tables.folds import training_table
+
+    metadata, labels = _tables()
+    computed = training_table(metadata.assign(position=["1.5"] * len(metadata)), labels, 5, 1)
+    assert computed["position"].dtype.kind == "f"  # a number, whatever the CSV held
+    given = computed[["ID"]].assign(fold=np.arange(len(computed)) % 2)
+    table = training_table(metadata, labels, 5, 1, folds=given)
+    assert list(table["fold"]) == list(given["fold"]) and list(table["ID"]) == list(computed["ID"])
+    with pytest.raises(TableError, match=r"1 training slice\(s\) have no fold"):
+        training_table(metadata, labels, 5, 1, folds=given.iloc[1:])

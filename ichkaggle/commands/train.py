@@ -62,20 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def training_table(prepared: Path, labels_csv, folds_csv, experiment):
-    """One row per labelled, prepared slice: ID, PatientID, series and position, fold, labels."""
-    import pandas as pd
-
-    from ..prepared.reader import METADATA
+    """The prepared slices, labelled, with their folds (``tables.folds.training_table``)."""
+    from ..prepared.reader import read_slices
     from ..tables.csv_io import read_csv
-    from ..tables.folds import add_fold_column
-    from ..tables.labels import read_labels_csv
+    from ..tables.folds import training_table as table
 
-    metadata = read_csv(prepared / METADATA, "metadata", dtype={"ID": object, "PatientID": object,
-                                                               "SeriesInstanceUID": object}, keep_default_na=False)
-    wide = read_labels_csv(labels_csv)
-    if folds_csv:
-        folds = read_csv(folds_csv, "folds", dtype={"ID": object})[["ID", "fold"]]
-        series = metadata[["ID", "PatientID", "SeriesInstanceUID", "position"]]
-        return folds.merge(series, on="ID").merge(wide, on="ID")
-    table = add_fold_column(metadata, wide, experiment.data.n_folds, experiment.data.seed)
-    return table.assign(position=pd.to_numeric(table["position"])) if "position" in table else table
+    folds = read_csv(folds_csv, "folds", dtype={"ID": object}) if folds_csv else None
+    return table(read_slices(prepared)[0].assign(status="ok"), labels_csv, experiment.data.n_folds,
+                 experiment.data.seed, folds)

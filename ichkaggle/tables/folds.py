@@ -14,7 +14,7 @@ import pandas as pd
 
 from .. import LABELS
 from ..errors import TableError
-from .labels import FASTAI_COLUMN, as_wide, fastai_strings
+from .labels import FASTAI_COLUMN, as_wide, fastai_strings, read_labels_csv
 
 
 def assign_folds(patients, labels, k: int = 5, seed: int = 0) -> np.ndarray:
@@ -104,6 +104,26 @@ def add_fold_column(metadata: pd.DataFrame, labels: pd.DataFrame, k: int = 5, se
     out.attrs.update(failed=int((~ok).sum()), unlabelled=int((~has_label).sum()),
                      labels_without_image=int((~label_index.isin(labelled)).sum()))
     return out
+
+
+def training_table(metadata: pd.DataFrame, labels, n_folds: int, seed: int, folds: pd.DataFrame | None = None
+                   ) -> pd.DataFrame:
+    """The table a training run reads, one rule for ``train``, the demo and the train kernel:
+    one row per labelled slice that prepared ok (``add_fold_column``), ``position`` a number,
+    and the folds computed by patient, or taken from ``folds`` (``ID``, ``fold``: e.g. the table
+    another process computed), where every slice must have one."""
+    table = add_fold_column(metadata, labels if isinstance(labels, pd.DataFrame) else read_labels_csv(labels),
+                            n_folds, seed)
+    if "position" in table:
+        table["position"] = pd.to_numeric(table["position"])
+    if folds is not None:
+        given = folds.drop_duplicates("ID").set_index("ID")["fold"]
+        missing = ~table["ID"].isin(given.index)
+        if missing.any():
+            raise TableError(f"{int(missing.sum())} training slice(s) have no fold in the folds table, e.g. "
+                             f"{', '.join(table.loc[missing, 'ID'][:3])}")
+        table["fold"] = given.loc[table["ID"]].to_numpy(dtype=int)
+    return table
 
 
 def fold_summary(table: pd.DataFrame) -> pd.DataFrame:
