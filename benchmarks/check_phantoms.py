@@ -1,8 +1,8 @@
-"""How the phantoms' bleeds span adjacent slices: the check behind the demo's study-context figures.
+"""How the phantoms' bleeds span adjacent slices: the check behind the demo's sequence-stage figures.
 
 Real intracranial bleeds appear on a few to a dozen adjacent 5 mm slices and fade at their
 ends (a slice cuts the edge of the blob: a smaller area, partial-volume density). The
-study-context gain on the demo is honest only if the phantoms do the same and no more: a
+sequence-stage gain on the demo is honest only if the phantoms do the same and no more: a
 bleed that were obvious on every slice would leave the neighbours nothing to add, one that
 appeared on isolated slices would make them look more useful than they are. This draws the
 default phantom series (as ``ichkaggle synth`` does) and reports, per subtype, how many

@@ -25,7 +25,7 @@ COMMANDS: dict[str, str] = {
     "train": "train an experiment (TOML) with fastai + timm on prepared images",
     "predict": "TTA predictions of trained models -> a checked submission CSV",
     "embed": "per-slice CNN outputs of the folds' runs: out-of-fold and test tables for `seq`",
-    "seq": "the sequence stage: a bi-GRU or 1-D convolutions over each series (train | predict)",
+    "sequence": "the sequence stage: a bi-GRU or 1-D convolutions over each series (train | predict)",
     "plan": "GPU-hours, sessions per fold and the weekly quota an experiment needs on Kaggle",
     "demo": "the main job end to end on the embedded synthetic default (CPU)",
     "bundle": "build the package + configs as a Kaggle dataset folder (credential-checked)",
@@ -64,8 +64,16 @@ def _command_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+#: old command spellings, still accepted for a release, with a warning
+RENAMED = {"seq": "sequence"}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in RENAMED:
+        print(f"ichkaggle {argv[0]}: renamed to `ichkaggle {RENAMED[argv[0]]}`; the old name goes in a later release",
+              file=sys.stderr)
+        argv[0] = RENAMED[argv[0]]
     if not argv or argv[0] not in COMMANDS:
         build_parser().parse_args(argv or ["--help"])
         return 2

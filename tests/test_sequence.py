@@ -1,10 +1,11 @@
-"""Study context: neighbours in real series, the out-of-fold bookkeeping, the sequence models, the commands."""
+"""The sequence stage: neighbours in real series, the out-of-fold bookkeeping, the sequence models, the commands."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,14 @@ import pytest
 from ichkaggle import LABELS
 from ichkaggle.cli import main
 from ichkaggle.errors import UserError
-from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig, SequenceConfig
+from ichkaggle.experiment import (
+    DataConfig,
+    Experiment,
+    ModelConfig,
+    Phase,
+    PredictConfig,
+    SequenceConfig,
+)
 from ichkaggle.prepared.series import neighbours
 
 from .conftest import tiny_prepared
@@ -149,21 +157,43 @@ def test_no_slice_is_described_by_a_model_that_trained_on_it(two_folds, tmp_path
         out_of_fold([root / "run0", root / "run0"])
 
 
-def test_embed_and_seq_commands_write_checked_submissions(two_folds, tmp_path, capsys):
+def _with_a_failed_slice(prepared: Path, dest: Path) -> str:
+    """``prepared`` with its first slice turned into one that failed to prepare (the images linked)."""
+    meta = pd.read_csv(prepared / "metadata.csv", dtype={"error": object}, keep_default_na=False)
+    meta.loc[0, ["status", "error"]] = ["failed", "truncated: made up for the test"]
+    dest.mkdir()
+    for name in ("prepare.json", "shards"):
+        (dest / name).symlink_to(prepared / name, target_is_directory=(name == "shards"))
+    meta.to_csv(dest / "metadata.csv", index=False)
+    return meta["ID"].iloc[0]
+
+
+def test_embed_and_sequence_commands_write_checked_submissions_filling_failed_slices(two_folds, tmp_path, capsys):
+    from ichkaggle.train.calibration import fill_rates
+
     root, _, config = two_folds
     sample = root / "data" / "stage_2_sample_submission.csv"
+    broken = _with_a_failed_slice(root / "test", tmp_path / "test")
     emb = tmp_path / "emb"
-    assert main(["embed", "--config", str(config), "--runs", str(root / "run0"), str(root / "run1"),
-                 "--prepared", str(root / "test"), "--out", str(emb), "--sample", str(sample)]) == 0
+    runs = [str(root / "run0"), str(root / "run1")]
+    assert main(["embed", "--config", str(config), "--runs", *runs, "--prepared", str(tmp_path / "test"),
+                 "--out", str(emb), "--sample", str(sample)]) == 0
     assert (emb / "oof.npz").exists() and (emb / "test.npz").exists() and (emb / "submission_2d.csv").exists()
     assert main(["seq", "train", "--config", str(config), "--embeddings", str(emb), "--out", str(tmp_path / "s")]) == 0
-    assert "with the sequence stage" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "with the sequence stage" in printed.out and "renamed to `ichkaggle sequence`" in printed.err
     assert json.loads((tmp_path / "s" / "sequence.json").read_text())["sequence_oof"] > 0
     out = tmp_path / "submission.csv"
-    assert main(["seq", "predict", "--config", str(config), "--embeddings", str(emb), "--models",
+    assert main(["sequence", "predict", "--config", str(config), "--embeddings", str(emb), "--models",
                  str(tmp_path / "s"), "--sample", str(sample), "--out", str(out)]) == 0
     assert main(["check", str(out), "--sample", str(sample)]) == 0
     assert len(pd.read_csv(out)) == len(pd.read_csv(sample))
+    rates = fill_rates([Path(r) / "models" / "final.pth" for r in runs])  # the rule of every submission
+    for csv in (out, emb / "submission_2d.csv"):
+        rows = pd.read_csv(csv).set_index("ID")["Label"]
+        for j, label in enumerate(LABELS):
+            expected = max(rates[j], rates[1:].max()) if label == "any" else rates[j]  # any_max applies too
+            assert rows[f"{broken}_{label}"] == pytest.approx(np.clip(expected, 1e-6, 1 - 1e-6), rel=1e-5)
 
 
 def test_demo_writes_both_submissions_and_the_series_picture(tmp_path, monkeypatch, capsys):
@@ -173,11 +203,11 @@ def test_demo_writes_both_submissions_and_the_series_picture(tmp_path, monkeypat
     result = run_demo("w", n_train=150, n_test=30, epochs=1, workers=1, phantom_size=64)
     out = capsys.readouterr().out
     assert (tmp_path / "w" / "submission_2d.csv").exists() and result.submission.name == "submission.csv"
-    assert "CNN alone (submission_2d)" in out and "study context (submission)" in out
+    assert "CNN alone (submission_2d)" in out and "sequence stage (submission)" in out
     assert set(result.scores) == {"constant prior (training rates)", "CNN alone (submission_2d)",
-                                  "study context (submission)"}
+                                  "sequence stage (submission)"}
     report = (tmp_path / "w" / "report.md").read_text()
-    assert "| study context (submission) |" in report and "series.png" in report
+    assert "| sequence stage (submission) |" in report and "series.png" in report
     assert (tmp_path / "w" / "series.png").exists() and (tmp_path / "w" / "run0" / "report.md").exists()
     assert (tmp_path / "w" / "run0" / "montage.png").exists() and (tmp_path / "w" / "run0" / "loss.png").exists()
     assert (tmp_path / "w" / "prepared" / "train" / "shards" / "index.csv").exists()  # the packed layout

@@ -3,9 +3,10 @@
 Writes OUT/oof.npz: each --runs RUN's validation fold as that run's kept model saw it (TTA
 probabilities, the head's 512 embedding values, series, position, labels, fold), checked
 so that no slice comes from a model that trained on it; and OUT/test.npz: the test slices
-of --prepared, probabilities and embeddings averaged over the runs' models (TTA), plus
-OUT/submission_2d.csv when --sample is given (the CNN alone, calibrated, checked). Next:
-ichkaggle seq train. Needs the train extra.
+of --prepared, probabilities and embeddings averaged over the runs' models (TTA); OUT/
+fill_rates.json, the runs' training label rates (what a slice that failed to prepare is
+predicted), plus OUT/submission_2d.csv when --sample is given (the CNN alone, calibrated,
+checked). Next: ichkaggle sequence train. Needs the train extra.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..experiment import load_experiment
     from ..prepared.reader import read_slices
-    from ..sequence.stage import OOF, TEST, out_of_fold, test_slices
+    from ..sequence.stage import OOF, TEST, out_of_fold, save_fill_rates, test_slices
     from ..tables.submission import write_checked
     from ..train.calibration import fill_rates
 
@@ -39,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
     table, failed = read_slices(args.prepared)
     test, calibrated = test_slices(table, args.prepared, experiment, weights)
     test.save(out / TEST)
+    rates = fill_rates(weights)
+    save_fill_rates(out, rates)
     print(f"test: {len(test.ids)} slices ({len(failed)} failed to prepare) -> {out / TEST}")
     if args.sample:
-        path, _ = write_checked(out / "submission_2d.csv", test.ids, calibrated, args.sample, fill_rates(weights))
+        path, _ = write_checked(out / "submission_2d.csv", test.ids, calibrated, args.sample, rates)
         print(f"the CNN alone: {path}")
     return 0

@@ -1,14 +1,16 @@
 """The sequence stage: a bi-GRU or 1-D convolutions over each series, trained on the out-of-fold table.
 
-  ichkaggle seq train --config C --embeddings DIR --out SEQ
+  ichkaggle sequence train --config C --embeddings DIR --out SEQ
       k models, one per fold of the out-of-fold table (the CNN's folds, by patient); prints
       the out-of-fold score of the CNN alone and with the sequence stage; SEQ/sequence.pth
-  ichkaggle seq predict --config C --embeddings DIR --models SEQ --sample CSV --out submission.csv
+  ichkaggle sequence predict --config C --embeddings DIR --models SEQ --sample CSV --out submission.csv
       the test slices (DIR/test.npz) through the k models, averaged, as a checked submission;
-      a sample image that was not prepared gets the training label rates
+      a sample image that was not prepared gets the training label rates of the CNN's runs
+      (what `embed` recorded, the rule of every submission)
 
 Settings come from the experiment's [sequence] table (hidden, layers, embedding_dims,
-epochs, lr, batch_series, dropout). Needs the train extra.
+epochs, lr, batch_series, dropout). `ichkaggle seq` is the old name of this command. Needs
+the train extra.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..experiment import load_experiment
     from ..sequence.models import predict_test
-    from ..sequence.stage import OOF, TEST, load_models, train_stage
+    from ..sequence.stage import OOF, TEST, load_fill_rates, load_models, train_stage
     from ..tables.submission import write_checked
     from ..train.slice_table import SliceTable
 
@@ -42,9 +44,9 @@ def run(args: argparse.Namespace) -> int:
               f"{result.scores['sequence_oof']:.4f} ({result.seconds:.0f}s); models in {args.out}")
         return 0
     if not args.models or not args.sample:
-        raise UserError("seq predict needs --models (seq train's folder) and --sample")
-    test, oof = SliceTable.load(folder / TEST), SliceTable.load(folder / OOF)
+        raise UserError("sequence predict needs --models (sequence train's folder) and --sample")
+    test = SliceTable.load(folder / TEST)
     probs = predict_test(load_models(args.models), test, experiment.sequence.batch_series)
-    path, _ = write_checked(args.out, test.ids, probs, args.sample, oof.targets.mean(axis=0))
+    path, _ = write_checked(args.out, test.ids, probs, args.sample, load_fill_rates(folder))
     print(f"wrote {path}")
     return 0

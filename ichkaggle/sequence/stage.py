@@ -1,8 +1,8 @@
-"""Study context end to end: the out-of-fold table from the folds' runs, the test table from their
-models, the sequence models, the final submission (train extra).
+"""The sequence stage end to end: the out-of-fold table from the folds' runs, the test table from
+their models, the sequence models, the final submission (train extra).
 
-Why its own module: ``ichkaggle embed``/``seq``, the demo and the Kaggle infer kernel all go
-from "k trained folds" to "a submission with study context" the same way, and the
+Why its own module: ``ichkaggle embed``/``sequence``, the demo and the Kaggle infer kernel all go
+from "k trained folds" to "a submission through the sequence stage" the same way, and the
 out-of-fold bookkeeping -- no slice ever described by a model that trained on it -- is
 checked in one place.
 """
@@ -24,7 +24,7 @@ from ..files import write_atomic
 from ..train.slice_table import SliceTable
 from .models import build_model, predict_test, train_sequence
 
-OOF, TEST, MODELS, SCORES = "oof.npz", "test.npz", "sequence.pth", "sequence.json"
+OOF, TEST, MODELS, SCORES, FILL = "oof.npz", "test.npz", "sequence.pth", "sequence.json", "fill_rates.json"
 
 
 def out_of_fold(run_dirs) -> SliceTable:
@@ -66,6 +66,20 @@ def test_slices(table: pd.DataFrame, folder, experiment: Experiment, weights, di
     slices = SliceTable(table["ID"].to_numpy(), table["SeriesInstanceUID"].to_numpy(),
                         table["position"].to_numpy(float), calibrated, np.mean([e for _, e in each], axis=0))
     return slices, calibrated
+
+
+def save_fill_rates(folder: str | os.PathLike, rates) -> Path:
+    """Beside the out-of-fold and test tables: what a test slice that failed to prepare is predicted
+    (the CNN runs' training label rates, ``train.calibration.fill_rates``), for ``sequence predict``."""
+    return write_atomic(Path(folder) / FILL, (json.dumps({"fill_rates": list(map(float, rates))}) + "\n").encode())
+
+
+def load_fill_rates(folder: str | os.PathLike) -> np.ndarray:
+    path = Path(folder) / FILL
+    if not path.exists():
+        raise UserError(f"{path}: not there; run `ichkaggle embed` of this version again (it records what a slice "
+                        "that failed to prepare is predicted)")
+    return np.array(json.loads(path.read_text())["fill_rates"], dtype=np.float64)
 
 
 def save_models(models: list, experiment: Experiment, scores: dict, folder: str | os.PathLike) -> Path:

@@ -250,7 +250,7 @@ def write_demo_report(workdir: Path, experiment: Experiment, runs, table: pd.Dat
     if "context" in submissions and truth_csv.exists():
         picture = _draw_a_series(workdir, test, calibrated, submissions["context"][0], truth_csv, prepared, experiment)
         if picture is not None:
-            lines += ["## Study context on one test series", "", f"![one series]({picture.name})", ""]
+            lines += ["## The sequence stage on one test series", "", f"![one series]({picture.name})", ""]
     lines += [f"Submissions: {', '.join(p.name for p, _ in submissions.values())}, each checked against the sample.",
               ""]
     path = workdir / "report.md"
