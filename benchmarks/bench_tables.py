@@ -41,7 +41,7 @@ from ichkaggle.tables.submission import _read_sample_file, check_submission, wri
 N_TRAIN = 752_803
 N_TEST = 121_232
 REPEATED_IMAGES = 4
-#: stage-1 positive rates of the subtypes (DESIGN.md); any = their OR
+#: stage-1 positive rates of the subtypes (docs/data.md); any = their OR
 RATES = {"epidural": 0.004, "intraparenchymal": 0.048, "intraventricular": 0.035,
          "subarachnoid": 0.048, "subdural": 0.063}
 

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from . import LABELS
-from .errors import UserError
+from .competition import check_competition_dir
 from .experiment import Experiment, load_experiment
 
-DATA_FILES = ("stage_2_train", "stage_2_test", "stage_2_train.csv", "stage_2_sample_submission.csv")
 
 
 @dataclass
@@ -43,12 +42,6 @@ class Stages:
     def __call__(self, text: str) -> None:
         self.n += 1
         print(f"[{self.n}/{self.total}] {text}  (t={time.time() - self.start:.0f}s)", flush=True)
-
-
-def check_competition_dir(data: Path) -> None:
-    missing = [name for name in DATA_FILES if not (data / name).exists()]
-    if missing:
-        raise UserError(f"{data}: not competition-shaped, missing {', '.join(missing)} (see DESIGN.md)")
 
 
 def competition_data(workdir: Path, data, n_train: int, n_test: int, seed: int, size: int, stage: Stages) -> Path:

@@ -1,4 +1,4 @@
-"""The windowing convention of DESIGN.md, as properties."""
+"""The windowing convention of docs/data.md, as properties."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A competition-shaped synthetic directory: phantom DICOM series + the CSVs of the real data.
 
-Layout (DESIGN.md): ``stage_2_train/*.dcm``, ``stage_2_test/*.dcm``, ``stage_2_train.csv``
+Layout (docs/data.md): ``stage_2_train/*.dcm``, ``stage_2_test/*.dcm``, ``stage_2_train.csv``
 (long ``ID,Label``, the real file's label order, one image repeated as in the real file),
 ``stage_2_sample_submission.csv`` (0.5 everywhere) and ``test_labels.csv`` (the test truth
 a real competition hides), so a run on synthetic data can score itself.

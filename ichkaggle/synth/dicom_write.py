@@ -1,7 +1,7 @@
 """HU slices -> DICOM files with the header variety of the real RSNA data.
 
 Why: the reader must be tested on every quirk the real files have, and the real files
-cannot be shipped; so the synthetic ones carry them all (see DESIGN.md): both pixel
+cannot be shipped; so the synthetic ones carry them all (see docs/data.md): both pixel
 representations, -2000 padding, intercept/slope in several string forms, multi-valued
 zero-padded windows, implicit/explicit VR, ``ID_`` UIDs, gantry tilt and the RSNA
 mis-encoding.
