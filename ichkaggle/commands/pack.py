@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..prepared.shards import pack_folder
+    from ..prepared.pack import pack_folder
 
     result = pack_folder(args.prepared, keep_images=args.keep_images, show_progress=not args.quiet)
     print(f"{args.prepared}: {result['packed']} image(s) packed, {result['shards']} shard(s), "

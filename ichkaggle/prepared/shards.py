@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import UserError
 from ..files import write_atomic
 
 SHARDS = "shards"
@@ -96,34 +95,3 @@ def write_index(folder: str | os.PathLike, rows: pd.DataFrame) -> None:
     for shard in shards.glob("shard-*.bin"):
         if shard.name not in named:
             shard.unlink()
-
-
-def pack_folder(folder: str | os.PathLike, keep_images: bool = False, show_progress: bool = True) -> dict:
-    """Pack the loose images of a prepared folder (``ichkaggle pack``); resumable.
-
-    The shards and index are complete before any loose image is removed (with
-    ``keep_images`` none is); a folder packed already is left as it is.
-    """
-    from tqdm import tqdm
-
-    from .reader import IMAGES, read_settings, read_slices
-
-    folder = Path(folder)
-    settings = read_settings(folder)
-    if (folder / SHARDS / INDEX).exists():
-        return {"packed": 0, "shards": len(list((folder / SHARDS).glob("shard-*.bin"))), "removed": 0}
-    files = {i: folder / IMAGES / f"{i}.{settings.format}" for i in read_slices(folder)[0]["ID"]}  # the ok slices
-    missing = [i for i, path in files.items() if not path.is_file()]
-    if missing:
-        raise UserError(f"{folder}: {len(missing)} prepared image(s) missing from {folder / IMAGES}, e.g. "
-                        f"{missing[:3]}: run `ichkaggle prepare` again to redo them, then pack")
-    done_ids = set(journal_rows(folder)["ID"])
-    writer = ShardWriter(folder)
-    for image_id in tqdm([i for i in files if i not in done_ids], desc="pack", unit="img", disable=not show_progress):
-        writer.add(image_id, files[image_id].read_bytes())
-    writer.close_shard()
-    write_index(folder, journal_rows(folder))
-    if not keep_images:
-        for path in files.values():
-            path.unlink()
-    return {"packed": len(files) - len(done_ids), "shards": writer.number, "removed": 0 if keep_images else len(files)}
