@@ -83,6 +83,15 @@ class FakeKaggle:
         self.submission_scores = ("0.07123", "0.07456")
         self.submission_error = "Submission CSV has the wrong number of rows"
         self.create_submission_message = "Successfully submitted to RSNA Intracranial Hemorrhage Detection"
+        #: GetSubmissionLimits' answer (camelCase fields); None: counted from the submissions made here
+        #: against ``submissions_per_day`` (a fresh account, before its first submission, answers all zero)
+        self.submission_limits: dict | None = None
+        self.submissions_per_day = 5
+        #: ListSubmissions: rows per page at most (the client asks for 20), the account's earlier
+        #: submissions (made before the ones here) and the order (Kaggle's: newest first)
+        self.list_page_size = 20
+        self.earlier_submissions = 0
+        self.list_newest_first = True
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -248,20 +257,43 @@ class FakeKaggle:
         return {"message": self.create_submission_message, "ref": ref}
 
     def _rpc_GetSubmissionLimits(self, body: dict) -> dict:
-        return {}
+        if self.submission_limits is not None:
+            return dict(self.submission_limits)
+        made = len(self.submissions) + self.earlier_submissions
+        if not made:
+            return {}  # not on a team yet: every count is zero
+        return {"numToday": len(self.submissions), "numTotal": made,
+                "numAllowedNow": max(0, self.submissions_per_day - len(self.submissions))}
+
+    def _row(self, sub: Submission) -> dict:
+        """A submission as the API describes it; each look advances its status script."""
+        status = sub.statuses.pop(0) if len(sub.statuses) > 1 else sub.statuses[0]
+        row = {"ref": sub.ref, "date": "2024-01-01T00:00:00.000Z", "description": sub.description,
+               "fileName": sub.file_name, "status": status, "totalBytes": len(sub.data)}
+        if status == "COMPLETE":
+            row.update(publicScore=sub.public_score or self.submission_scores[0],
+                       privateScore=sub.private_score or self.submission_scores[1])
+        if status == "ERROR":
+            row["errorDescription"] = sub.error_description or self.submission_error
+        return row
+
+    def _rpc_GetSubmission(self, body: dict):
+        sub = next((s for s in self.submissions if s.ref == int(body.get("ref", 0))), None)
+        if sub is None:
+            return _Error(404, f"submission {body.get('ref')} not found")
+        return self._row(sub)
 
     def _rpc_ListSubmissions(self, body: dict) -> dict:
-        rows = []
-        for sub in reversed(self.submissions):
-            status = sub.statuses.pop(0) if len(sub.statuses) > 1 else sub.statuses[0]
-            row = {"ref": sub.ref, "date": "2024-01-01T00:00:00.000Z", "description": sub.description,
-                   "fileName": sub.file_name, "status": status, "totalBytes": len(sub.data)}
-            if status == "COMPLETE":
-                row.update(publicScore=self.submission_scores[0], privateScore=self.submission_scores[1])
-            if status == "ERROR":
-                row["errorDescription"] = self.submission_error
-            rows.append(row)
-        return {"submissions": rows}
+        start = int(body.get("pageToken") or 0)
+        size = min(int(body.get("pageSize") or 20), self.list_page_size)
+        listed = [n for n in range(self.earlier_submissions)] + list(self.submissions)  # oldest first
+        listed = listed[::-1] if self.list_newest_first else listed
+        rows = [self._row(item) if isinstance(item, Submission) else
+                {"ref": 100 + item, "date": "2023-01-01T00:00:00.000Z", "description": f"earlier {item}",
+                 "fileName": "old.csv", "status": "COMPLETE", "publicScore": "0.1", "privateScore": "0.1"}
+                for item in listed[start:start + size]]
+        more = start + size < len(listed)
+        return {"submissions": rows, **({"nextPageToken": str(start + size)} if more else {})}
 
 
 @dataclass
