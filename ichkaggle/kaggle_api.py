@@ -49,6 +49,7 @@ from .kaggle_credentials import (  # noqa: F401 (re-exported)
     secret_values,
 )
 from .kaggle_errors import KaggleError, Problem, classify, retry_after  # noqa: F401 (re-exported)
+from .kaggle_parts import OUTPUT_LIMIT_BYTES, STAGE2_TEST_IMAGES
 from .kaggle_results import (  # noqa: F401 (re-exported)
     KERNEL_FAILED,
     KERNEL_TERMINAL,
@@ -61,7 +62,7 @@ from .kaggle_results import (  # noqa: F401 (re-exported)
     follow_submission,
     poll,
 )
-from .plan import Quota
+from .plan import SESSION_HOURS, STAGE2_TRAIN_IMAGES, Quota
 
 COMPETITION = "rsna-intracranial-hemorrhage-detection"
 #: what stands for the user's Kaggle name in the templates (kernels/, datasets/)
@@ -140,6 +141,10 @@ def _within(seconds: float, capture: Capture, fn: Callable[..., T], *args, **kwa
 class KaggleSession:
     """The configured client plus the retry, error and polling policy of this package."""
 
+    #: the limits ``push run`` plans with: Kaggle's session length and the output one kernel keeps
+    session_hours = SESSION_HOURS
+    output_limit = OUTPUT_LIMIT_BYTES
+
     def __init__(self, credentials: Credentials | None = None, *, attempts: int = 4, deadline: float = 45.0,
                  first_delay: float = 0.5, max_delay: float = 10.0, timeout: float = 900.0,
                  longest_retry_after: float = 600.0, sleep: Callable[[float], None] = time.sleep,
@@ -153,6 +158,10 @@ class KaggleSession:
         self.secrets = secret_values(self.credentials)
         if self.credentials.key:
             self.secrets.append(basic_auth_header(self.credentials).split()[1])
+
+    def image_counts(self) -> tuple[int, int]:
+        """(train, test) slices the kernels will see: stage 2's."""
+        return STAGE2_TRAIN_IMAGES, STAGE2_TEST_IMAGES
 
     # -- plumbing
 

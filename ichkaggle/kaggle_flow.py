@@ -29,8 +29,8 @@ from .bundle import (SRC_DATASET, dataset_files, metadata_json, refuse_credentia
 from .errors import TableError, UserError
 from .experiment import CONFIG_DIR, load_experiment
 from .files import sha256_file
-from .kaggle_api import (COMPETITION, KERNEL_FAILED, PLACEHOLDER_OWNER, KaggleSession, KernelStatus, PushedKernel,
-                         poll, secret_values)
+from .kaggle_api import (COMPETITION, KERNEL_FAILED, PLACEHOLDER_OWNER, KaggleError, KaggleSession, KernelStatus,
+                         PushedKernel, poll, secret_values)
 
 TRAIN = "train"
 INFER = "infer"
@@ -316,16 +316,27 @@ def follow(session: KaggleSession, kernels: list[PushedKernel], polling: Polling
                     raise
                 log(f"  {kernel.ref} v{kernel.version}: no outputs or log to fetch ({err})")
             save()
-    parts = []
-    for kernel in (k for k in kernels if k.status != "COMPLETE"):
-        text = f"{kernel.ref} v{kernel.version} ended {kernel.status}"
-        if kernel.failure_message:
-            text += f": {kernel.failure_message}"
-        text += f" (log: {kernel.log})" if kernel.log else f" (see {kernel.url})"
-        tail = log_tail(kernel.log)
-        parts.append(text + (f"\n  last lines of the log:\n{tail}" if tail else ""))
-    if parts:
-        raise UserError("kernel run(s) failed:\n" + "\n".join(parts) + hint)
+    failed = [failure_text(k) for k in kernels if k.status != "COMPLETE"]
+    if failed:
+        raise UserError("kernel run(s) failed:\n" + "\n".join(failed) + hint)
+
+
+def failure_text(kernel: PushedKernel) -> str:
+    """How a version ended, where its log is, and the log's last lines."""
+    text = f"{kernel.ref} v{kernel.version} ended {kernel.status}"
+    if kernel.failure_message:
+        text += f": {kernel.failure_message}"
+    text += f" (log: {kernel.log})" if kernel.log else f" (see {kernel.url})"
+    tail = log_tail(kernel.log)
+    return text + (f"\n  last lines of the log:\n{tail}" if tail else "")
+
+
+def last_words(path: str) -> str:
+    """The last line a kernel printed: what it did (its scripts end on a summary line)."""
+    if not path or not Path(path).is_file():
+        return ""
+    lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def push_kernels(session: KaggleSession, name: str, owner: str, layout: Layout, config: str,
@@ -345,7 +356,13 @@ def push_kernels(session: KaggleSession, name: str, owner: str, layout: Layout, 
         return []
     pushed = []
     for job in jobs:
-        kernel = push_job(session, job, owner, accelerator)
+        try:
+            kernel = push_job(session, job, owner, accelerator)
+        except KaggleError as err:
+            if err.kind != "busy":
+                raise
+            raise UserError(f"{err}: Kaggle runs at most 2 GPU sessions of an account at once; push the rest when "
+                            "one has ended, or let `ichkaggle push run` queue them") from None
         log(f"pushed {kernel.ref} version {kernel.version}: {kernel.url}")
         pushed.append(kernel)
     if not wait:

@@ -40,6 +40,12 @@ class Kernel:
     failure_message: str = ""
     outputs: dict = field(default_factory=dict)  # file name -> bytes
     log: str = ""
+    gpu: bool = False
+
+    @property
+    def running(self) -> bool:
+        """Its version has not reached the end of its status script yet (nobody looked that far)."""
+        return bool(self.statuses) and self.statuses[0] not in ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 
 
 @dataclass
@@ -74,6 +80,11 @@ class FakeKaggle:
         self.kernel_outputs: dict[str, object] = {}
         self.kernel_failure: dict[str, str] = {}
         self.save_kernel_error: str = ""
+        #: Kaggle's cap on GPU batch sessions at once (None: no cap); the next ``busy_pushes`` GPU pushes
+        #: are refused as if another notebook of the account held the sessions
+        self.gpu_cap: int | None = None
+        self.busy_pushes = 0
+        self.most_gpu_running = 0  # the most GPU versions running at once, as pushes saw it
         self.datasets: dict[str, list[dict]] = {}  # ref -> versions: {"files": {name: bytes}, "notes": str}
         self.dataset_status_answer = "Ok"
         self.blobs: dict[str, dict] = {}
@@ -160,11 +171,25 @@ class FakeKaggle:
             return 404, {"code": 404, "message": f"fake: no method {name}"}
         return 200, handler(body)
 
+    def _gpu_refusal(self, body: dict) -> str:
+        if not body.get("enableGpu"):
+            return ""
+        running = sum(k.gpu and k.running for k in self.kernels.values())
+        if self.busy_pushes > 0 or (self.gpu_cap is not None and running >= self.gpu_cap):
+            self.busy_pushes = max(0, self.busy_pushes - 1)
+            return f"Maximum batch GPU session count of {self.gpu_cap or 2} reached."
+        self.most_gpu_running = max(self.most_gpu_running, running + 1)
+        return ""
+
     def _rpc_SaveKernel(self, body: dict) -> dict:
         if self.save_kernel_error:
             return {"error": self.save_kernel_error}
+        refusal = self._gpu_refusal(body)
+        if refusal:
+            return {"error": refusal}
         slug = body["slug"]
         kernel = self.kernels.setdefault(slug, Kernel(slug))
+        kernel.gpu = bool(body.get("enableGpu"))
         kernel.versions.append(body)
         name = slug.split("/")[1]
         queued = self.kernel_script_queue.get(name)

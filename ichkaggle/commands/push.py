@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "plan --help`); the prepare kernel always runs on CPU")
     parser.add_argument("--force", action="store_true",
                         help="run: start (or go on) even when the plan needs more than the weekly GPU quota left")
+    parser.add_argument("--max-gpu-sessions", type=int, default=2, metavar="N",
+                        help="run: GPU kernels in flight at once (Kaggle runs 2 per account and refuses a push "
+                             "beyond them: the folds' sessions are queued, a refusal is waited out)")
+    parser.add_argument("--throughput", type=float, default=None, metavar="IMG_PER_S",
+                        help="run: the training throughput the plan assumes until a session has measured one "
+                             "(see `ichkaggle plan --help`)")
     parser.add_argument("--weights", action="store_true", help="kernel: download the weights files too")
     parser.add_argument("--out", default=None, metavar="DIR", help="where outputs and logs go; None: runs/kaggle of the checkout")
     parser.add_argument("--kernels-dir", default=None, metavar="DIR", help="kernel templates; None: kernels/ of the checkout")
@@ -93,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         push_kernels(session, args.name, owner, layout, args.config, folds, wait=args.wait, polling=polling,
                      accelerator=args.accelerator, weights=args.weights, dry_run=dry_run)
     else:
+        if args.max_gpu_sessions < 1:
+            raise UserError("--max-gpu-sessions: at least 1")
         run_pipeline(session, owner, layout, args.config, folds, message=args.message, submit=not args.no_submit,
                      sample=args.sample, state_path=args.state, polling=polling, accelerator=args.accelerator,
-                     force=args.force)
+                     force=args.force, max_gpu_sessions=args.max_gpu_sessions, throughput=args.throughput)
     return 0
