@@ -463,8 +463,12 @@ def submit_csv(session: KaggleSession, csv: str | os.PathLike, message: str, *, 
         size = csv.stat().st_size
         log(f"dry run: would submit {csv} ({size / 2**20:.1f} MiB, sha256 {sha256_file(csv)[:16]}...) to "
             f"{competition} as {session.credentials.describe()} with message {message!r}"
-            + ("; then poll the submissions list until it is scored" if wait else ""))
+            + ("; then follow it by its ref until it is scored" if wait else ""))
         return {"dry_run": True}
+    limits = session.submission_limits(competition)
+    if limits.exhausted:
+        raise UserError(f"Kaggle allows no more submissions of {competition} now ({limits.describe()}): nothing was "
+                        "uploaded; submit again tomorrow (the allowance resets at midnight UTC)")
     ref = session.submit(csv, message, competition)
     log(f"submitted {csv.name} to {competition}" + (f" (submission {ref})" if ref else ""))
     result = {"ref": ref, "status": "PENDING", "file": str(csv), "message": message}

@@ -632,3 +632,14 @@ def test_plan_estimates_any_timm_architecture_from_its_flops_and_takes_a_given_t
     assert "efficientnet_b3" in out and (tmp_path / "r" / "flops.json").is_file()
     assert main([*args, "--throughput", "95"]) == 0
     assert "95 img/s training (given by --throughput)" in capsys.readouterr().out
+
+
+def test_submit_reads_the_allowance_first_and_uploads_nothing_when_none_is_left(work, tmp_path, capsys):
+    fake = work
+    csv, sample = _submission(tmp_path)
+    fake.submission_limits = {"numToday": 5, "numTotal": 5, "numAllowedNow": 0}
+    assert main(["submit", str(csv), "-m", "x", "--sample", str(sample)]) == 2
+    assert "allows no more submissions" in capsys.readouterr().err and not fake.calls("StartSubmissionUpload")
+    fake.submission_limits = {}  # all zero: a new team, allowed
+    assert main(["submit", str(csv), "-m", "x", "--sample", str(sample), "--wait", *FAST]) == 0
+    assert len(fake.submissions) == 1 and fake.calls("GetSubmission")
