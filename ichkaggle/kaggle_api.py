@@ -108,6 +108,24 @@ def _api_class():
     return Api
 
 
+def saved_kernel(ref: str, error: str, invalid: dict, version: int, url: str,
+                 scrub_text: Callable[[str], str] = str) -> PushedKernel:
+    """What SaveKernel answered (Kaggle's or the rehearsal's): the pushed version, or the KaggleError
+    the pipeline acts on: ``busy`` for the GPU-session cap, ``refused`` for the rest (an ``error``,
+    a source Kaggle could not attach, no version number)."""
+    if error:
+        busy = bool(GPU_SESSION_CAP.search(error))
+        raise KaggleError(scrub_text(f"push kernel {ref}: Kaggle refused it: {error}"), kind="busy" if busy else "refused")
+    if invalid:
+        listed = "; ".join(f"{name.replace('_', ' ')}: {value}" for name, value in invalid.items())
+        raise KaggleError(scrub_text(
+            f"push kernel {ref}: saved as version {version or '?'} but Kaggle could not attach {listed} (the run "
+            "cannot read them offline: push those first or fix the names)"), kind="refused")
+    if not version:
+        raise KaggleError(f"push kernel {ref}: Kaggle's answer has no version number", kind="refused")
+    return PushedKernel(ref, version, url)
+
+
 def endpoint() -> str:
     """The API base the client sends to (``KAGGLE_API_ENVIRONMENT``, kagglesdk's table)."""
     from kagglesdk.kaggle_env import get_endpoint, get_env
@@ -243,24 +261,11 @@ class KaggleSession:
         ref = json.loads((Path(folder) / "kernel-metadata.json").read_text()).get("id", str(folder))
         answer = self.call(f"push kernel {ref}", self.api.kernels_push, str(folder),
                            None if timeout is None else str(timeout), accelerator)
-        error = getattr(answer, "error", "") or ""
-        if error:
-            busy = bool(GPU_SESSION_CAP.search(error))
-            raise KaggleError(self.scrub(f"push kernel {ref}: Kaggle refused it: {error}"),
-                              kind="busy" if busy else "refused")
-        invalid = [f"{name.replace('_', ' ')}: {value}" for name in ("dataset_sources", "competition_sources",
-                                                                    "kernel_sources", "model_sources")
-                   if (value := getattr(answer, f"invalid_{name}", None))]
-        version = int(getattr(answer, "version_number", 0) or 0)
-        if invalid:
-            raise KaggleError(self.scrub(
-                f"push kernel {ref}: saved as version {version or '?'} but Kaggle could not attach "
-                + "; ".join(invalid) + " (the run cannot read them offline: push those first or fix the names)"),
-                kind="refused")
-        if not version:
-            raise KaggleError(f"push kernel {ref}: Kaggle's answer has no version number: {answer}", kind="refused")
-        url = getattr(answer, "url", "") or f"https://www.kaggle.com/code/{ref}"
-        return PushedKernel(ref, version, url)
+        invalid = {name: value for name in ("dataset_sources", "competition_sources", "kernel_sources",
+                                            "model_sources") if (value := getattr(answer, f"invalid_{name}", None))}
+        return saved_kernel(ref, getattr(answer, "error", "") or "", invalid,
+                            int(getattr(answer, "version_number", 0) or 0),
+                            getattr(answer, "url", "") or f"https://www.kaggle.com/code/{ref}", self.scrub)
 
     def _versioned(self, what: str, fn: Callable[[str], T], ref: str, version: int | None) -> T:
         """``fn`` on ``ref/version``; a server that does not know version labels gets ``ref``."""

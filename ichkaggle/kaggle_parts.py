@@ -79,16 +79,31 @@ def _figures() -> dict:
 
 
 def bytes_per_image(fmt: str, channels: int, size: int) -> tuple[float, float, str]:
-    """(mean bytes, render + encode ms, where from) of one prepared image: the measured row of this
-    format at the nearest channel count and size, scaled by pixels and channels when not measured."""
+    """(mean bytes, render + encode ms, where from) of one prepared image: the measured rows of this
+    format at the nearest channel count (scaled by channels when not measured), interpolated in
+    pixels between the two measured sizes around ``size``; never scaled below the smallest (a small
+    image's bytes are mostly its format's overhead), scaled by pixels above the largest."""
     data = _figures()
     rows = [r for r in data["figures"] if r["format"] == fmt] or data["figures"]
-    row = min(rows, key=lambda r: (abs(r["channels"] - channels), abs(math.log(r["size"] / size))))
-    scale = (size / row["size"]) ** 2 * channels / row["channels"]
-    how = "measured" if scale == 1 else (f"scaled from the {row['format']} {row['channels']}-channel "
-                                         f"{row['size']} px figure")
-    where = f"{how}, {data['source'].split(',')[0]}, {data['date']}"
-    return row["mean"] * scale, row["encode_ms"] * scale, where
+    nearest = min({r["channels"] for r in rows}, key=lambda c: abs(c - channels))
+    rows = sorted((r for r in rows if r["channels"] == nearest), key=lambda r: r["size"])
+    below = [r for r in rows if r["size"] <= size] or rows[:1]
+    above = [r for r in rows if r["size"] >= size] or rows[-1:]
+    low, high = below[-1], above[0]
+    if low is high:
+        mean, ms = low["mean"], low["encode_ms"]
+        scale = max(1.0, (size / low["size"]) ** 2)  # beyond the largest measured size: by pixels
+        how = "measured" if size == low["size"] else f"scaled from the {low['size']} px figure"
+        mean, ms = mean * scale, ms * scale
+    else:
+        w = (size**2 - low["size"] ** 2) / (high["size"] ** 2 - low["size"] ** 2)
+        mean = low["mean"] + w * (high["mean"] - low["mean"])
+        ms = low["encode_ms"] + w * (high["encode_ms"] - low["encode_ms"])
+        how = f"interpolated between the {low['size']} and {high['size']} px figures"
+    if nearest != channels:
+        mean, ms = mean * channels / nearest, ms * channels / nearest
+        how += f", scaled from {nearest} to {channels} channels"
+    return mean, ms, f"{how}, {fmt}, {data['source'].split(',')[0]}, {data['date']}"
 
 
 @dataclass(frozen=True)

@@ -111,6 +111,8 @@ class SubmissionLimits:
         return self.num_allowed_now <= 0 and (self.num_today > 0 or self.num_total > 0)
 
     def describe(self) -> str:
+        if not (self.num_today or self.num_total or self.num_allowed_now):
+            return "none made yet (Kaggle answers all zero before a first submission: allowed)"
         cap = " (limited by the competition's lifetime cap)" if self.limited_by_total else ""
         return f"{self.num_today} today, {self.num_total} in all, {self.num_allowed_now} allowed now{cap}"
 

@@ -91,7 +91,7 @@ class Scheduler:
                 if job is None:
                     continue
                 if busy and unit.gpu and self.state.kernel(job.ref(self.owner)) is None:
-                    self._say_once(unit, f"  {unit.name} waits for a GPU session")
+                    self._say_once(unit, f"Kaggle runs {self.at_once} GPU session(s) at once: {unit.name} waits")
                     continue  # the account's sessions are taken: no other GPU push can go now
                 outcome = self._start(unit, job, flying)
                 if isinstance(outcome, UserError):

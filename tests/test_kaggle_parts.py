@@ -90,13 +90,19 @@ def test_a_setting_that_cannot_fit_even_in_parts_is_refused_with_the_arithmetic(
     assert "attaches at most 3 part(s)" in text
 
 
-def test_unmeasured_sizes_are_scaled_from_the_nearest_measurement():
-    measured, _, source = bytes_per_image("jpg", 3, 256)
-    assert source.startswith("measured")
-    scaled, _, source = bytes_per_image("jpg", 3, 64)
-    assert "scaled from the jpg 3-channel 128 px figure" in source and scaled == pytest.approx(
-        bytes_per_image("jpg", 3, 128)[0] / 4)
-    assert bytes_per_image("png", 1, 256)[0] == pytest.approx(bytes_per_image("png", 3, 256)[0] / 3)
+def test_unmeasured_sizes_are_interpolated_and_never_scaled_below_the_smallest_measurement():
+    def mean(fmt, channels, size):
+        return bytes_per_image(fmt, channels, size)[0]
+
+    assert bytes_per_image("jpg", 3, 256)[2].startswith("measured")
+    assert mean("jpg", 3, 256) < mean("jpg", 3, 300) < mean("jpg", 3, 320)
+    assert "interpolated between the 256 and 320 px figures" in bytes_per_image("jpg", 3, 300)[2]
+    assert mean("jpg", 3, 16) == mean("jpg", 3, 32)  # a tiny image is mostly JPEG's own overhead
+    assert mean("png", 4, 1024) == pytest.approx(mean("png", 4, 512) * 4)
+    assert mean("png", 1, 256) == pytest.approx(mean("png", 3, 256) / 3)
+    for fmt, channels in (("jpg", 3), ("png", 3), ("png", 4)):
+        sizes = [mean(fmt, channels, size) for size in range(32, 640, 16)]
+        assert sizes == sorted(sizes)  # more pixels never take fewer bytes
 
 
 # ----------------------------------------------------------------------------- one set again
