@@ -68,8 +68,9 @@ COMPETITION = "rsna-intracranial-hemorrhage-detection"
 #: what stands for the user's Kaggle name in the templates (kernels/, datasets/)
 PLACEHOLDER_OWNER = "KAGGLE_USERNAME"
 #: SaveKernel's ``error`` when the account already runs its GPU batch sessions ("Maximum batch GPU
-#: session count of 2 reached."; it was 4 in 2019): a reason to wait and push again, not a failure
-GPU_SESSION_CAP = re.compile(r"maximum batch gpu session", re.IGNORECASE)
+#: session count of 2 reached."; it was 4 in 2019): a reason to wait and push again, not a failure.
+#: The same words for a CPU (or TPU) cap are taken as the same reason: an ASSUMPTION, no such text seen
+GPU_SESSION_CAP = re.compile(r"maximum batch ((gpu|cpu|tpu) )?session", re.IGNORECASE)
 
 T = TypeVar("T")
 

@@ -643,3 +643,20 @@ def test_submit_reads_the_allowance_first_and_uploads_nothing_when_none_is_left(
     fake.submission_limits = {}  # all zero: a new team, allowed
     assert main(["submit", str(csv), "-m", "x", "--sample", str(sample), "--wait", *FAST]) == 0
     assert len(fake.submissions) == 1 and fake.calls("GetSubmission")
+
+
+def test_an_interrupted_run_follows_its_versions_in_flight_instead_of_pushing_them_again(work, tmp_path, capsys):
+    fake = work
+    _prepare_outputs(fake)
+    _sessions(fake, range(2))
+    fake.kernel_outputs["ichkaggle-infer"] = _infer_outputs(tmp_path)
+    fake.kernel_scripts["ichkaggle-train-fold1-s1"] = ["RUNNING"]  # still running when this command gives up
+    args = ["push", "run", "--folds", "0-1", "--out", str(tmp_path / "runs"), "--no-submit", *FAST]
+    assert main([*args, "--max-wait", "0.3"]) == 2
+    assert "still RUNNING after" in capsys.readouterr().err
+    state = json.loads((tmp_path / "runs" / "exp_00-folds0-1.json").read_text())
+    assert state["kernels"]["alice/ichkaggle-train-fold1-s1"]["status"] == "RUNNING"
+    fake.kernels["alice/ichkaggle-train-fold1-s1"].statuses = ["COMPLETE"]  # it ended meanwhile
+    assert main(args) == 0
+    assert len(fake.kernels["alice/ichkaggle-train-fold1-s1"].versions) == 1  # followed, not pushed again
+    assert "alice/ichkaggle-train-fold1-s1: version 1 already pushed (RUNNING)" in capsys.readouterr().out
