@@ -128,7 +128,7 @@ def prepared_parts(synth_dir, tmp_path_factory):
 
 
 def test_two_parts_read_as_one_set_give_the_rows_and_pixels_of_one_prepare(prepared_parts, tmp_path):
-    root, settings = prepared_parts
+    root, _ = prepared_parts
     experiment = Experiment("t", data=DataConfig(size=32))
     whole_input, parts_input = tmp_path / "whole", tmp_path / "parts"
     whole_input.mkdir()

@@ -25,12 +25,12 @@ import pytest
 if importlib.util.find_spec("kaggle") is None:  # find, not import: `import kaggle` prints at import
     pytest.skip("the kaggle extra is not installed", allow_module_level=True)
 
-from ichkaggle.bundle import build_bundle  # noqa: E402
-from ichkaggle.cli import main  # noqa: E402
-from ichkaggle.kaggle_sandbox import Limits  # noqa: E402
-from ichkaggle.kaggle_schedule import KILLED_AT_LIMIT  # noqa: E402
+from ichkaggle.bundle import build_bundle
+from ichkaggle.cli import main
+from ichkaggle.kaggle_sandbox import Limits
+from ichkaggle.kaggle_schedule import KILLED_AT_LIMIT
 
-from .fake_kaggle import files_containing, kaggle_env  # noqa: E402,F401,F811  (a fixture)
+from .fake_kaggle import files_containing, kaggle_env  # noqa: F401 (a fixture, used by name)
 
 pytestmark = pytest.mark.torch  # the kernels train
 
@@ -52,15 +52,15 @@ def _most_at_once(timeline: list[dict]) -> int:
 
 
 @pytest.fixture
-def world(kaggle_env, tmp_path, monkeypatch, capsys):
-    """The fake server running kernels for real; after the test, the key is nowhere."""
+def world(request, tmp_path, monkeypatch, capsys):
+    """The fake server (``kaggle_env``) running kernels for real; after the test, the key is nowhere."""
+    fake = request.getfixturevalue("kaggle_env")
     monkeypatch.chdir(ROOT)
-    yield kaggle_env
-    key = kaggle_env.key
+    yield fake
     printed = capsys.readouterr()
-    assert key not in printed.out and key not in printed.err
-    assert files_containing(tmp_path, key) == []
-    assert key not in kaggle_env.all_text()
+    assert fake.key not in printed.out and fake.key not in printed.err
+    assert files_containing(tmp_path, fake.key) == []
+    assert fake.key not in fake.all_text()
 
 
 def test_push_run_five_folds_with_the_kernels_really_running_under_kaggles_limits(world, tmp_path, capsys):
