@@ -7,7 +7,7 @@ built on these is ``kaggle_pipeline``).
   and no credential (checked);
 - :func:`push_kernels` / :func:`push_dataset`: push through :class:`~.kaggle_api.KaggleSession`,
   follow the versions with bounded backoff, download the outputs and the log;
-- :func:`check_csv` / :func:`submit_csv`: an invalid file is never uploaded.
+- submissions (:func:`check_csv` / :func:`submit_csv`) are :mod:`ichkaggle.kaggle_submit`'s.
 """
 
 from __future__ import annotations
@@ -24,13 +24,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .bundle import (SRC_DATASET, dataset_files, metadata_json, refuse_credentials, render_dataset_metadata,
-                     stale_bundle)
-from .errors import TableError, UserError
+from .bundle import (
+    SRC_DATASET,
+    dataset_files,
+    metadata_json,
+    refuse_credentials,
+    render_dataset_metadata,
+    stale_bundle,
+)
+from .errors import UserError
 from .experiment import CONFIG_DIR, load_experiment
-from .files import sha256_file
-from .kaggle_api import (COMPETITION, KERNEL_FAILED, PLACEHOLDER_OWNER, KaggleError, KaggleSession, KernelStatus,
-                         PushedKernel, poll, secret_values)
+from .kaggle_api import (
+    COMPETITION,
+    KERNEL_FAILED,
+    PLACEHOLDER_OWNER,
+    KaggleError,
+    KaggleSession,
+    KernelStatus,
+    PushedKernel,
+    poll,
+    secret_values,
+)
+from .kaggle_results import Polling
+from .kaggle_submit import check_csv, self_check, submit_csv  # noqa: F401 (re-exported)
 
 TRAIN = "train"
 INFER = "infer"
@@ -45,16 +61,6 @@ def warn_if_stale(layout: "Layout") -> None:
 
 
 # ----------------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True)
-class Polling:
-    """How to follow Kaggle: first interval, longest interval, overall limit (seconds)."""
-
-    first: float = 15.0
-    longest: float = 120.0
-    timeout: float = 12 * 3600
-    submission_timeout: float = 2 * 3600
 
 
 @dataclass(frozen=True)
@@ -408,76 +414,3 @@ def push_dataset(session: KaggleSession, name: str, owner: str, layout: Layout, 
             raise UserError(f"dataset {ref} ended {status}: see {url}")
     return url
 
-
-# ----------------------------------------------------------------------------- submissions
-
-
-def self_check(csv: Path):
-    """A check without the sample: header, IDs, six rows per image, numbers in [0, 1]
-    (which images belong to the test set can only be checked with --sample)."""
-    import pandas as pd
-
-    from .submission import check_submission
-
-    try:
-        ids = pd.read_csv(csv, usecols=["ID"], dtype=str, keep_default_na=False)["ID"]
-        sample = pd.DataFrame({"ID": pd.unique(ids.to_numpy(dtype=object))})
-    except ValueError:  # no ID column: the check reports the header
-        sample = pd.DataFrame({"ID": pd.Series([], dtype=object)})
-    try:
-        return check_submission(csv, sample)
-    except TableError as err:
-        raise UserError(f"{csv}: not a valid submission: "
-                        + str(err).replace("the sample submission", "it").replace("; is it a sample submission?", ""))
-
-
-def check_csv(csv: str | os.PathLike, sample: str | os.PathLike | None = None) -> list[str]:
-    """The check's lines; raises UserError (nothing is uploaded) when the file is invalid."""
-    from .submission import check_submission
-
-    csv = Path(csv)
-    if not csv.is_file():
-        raise UserError(f"{csv}: no such file")
-    if sample is not None and not Path(sample).is_file():
-        raise UserError(f"--sample {sample}: no such file")
-    report = check_submission(csv, sample) if sample is not None else self_check(csv)
-    lines = report.lines()
-    if not report.ok:
-        raise UserError(f"{csv} is not a valid submission; nothing was uploaded:\n" + "\n".join(lines))
-    if sample is None:
-        lines.append("(no --sample: the IDs were checked for consistency, not against the sample submission)")
-    return lines
-
-
-def submit_csv(session: KaggleSession, csv: str | os.PathLike, message: str, *, checked: list[str],
-               competition: str = COMPETITION, wait: bool = False, dry_run: bool = False,
-               polling: Polling = Polling(first=10.0, longest=60.0), log: Callable[[str], None] = _print) -> dict:
-    """``ichkaggle submit`` of a file :func:`check_csv` passed (``checked``: its lines): submit,
-    then (``wait``) poll until scored; ``dry_run`` only shows what would be sent and as whom."""
-    csv = Path(csv)
-    if not message.strip():
-        raise UserError("-m MESSAGE: a submission needs a description")
-    for line in checked:
-        log(line)
-    if dry_run:
-        size = csv.stat().st_size
-        log(f"dry run: would submit {csv} ({size / 2**20:.1f} MiB, sha256 {sha256_file(csv)[:16]}...) to "
-            f"{competition} as {session.credentials.describe()} with message {message!r}"
-            + ("; then follow it by its ref until it is scored" if wait else ""))
-        return {"dry_run": True}
-    limits = session.submission_limits(competition)
-    if limits.exhausted:
-        raise UserError(f"Kaggle allows no more submissions of {competition} now ({limits.describe()}): nothing was "
-                        "uploaded; submit again tomorrow (the allowance resets at midnight UTC)")
-    ref = session.submit(csv, message, competition)
-    log(f"submitted {csv.name} to {competition}" + (f" (submission {ref})" if ref else ""))
-    result = {"ref": ref, "status": "PENDING", "file": str(csv), "message": message}
-    if not wait:
-        log(f"see https://www.kaggle.com/competitions/{competition}/submissions")
-        return result
-    info = session.wait_submission(ref, message, csv.name, competition, first=polling.first,
-                                   longest=polling.longest, timeout=polling.submission_timeout,
-                                   on_change=lambda s: log(f"  submission {s.ref or ref}: {s.status}"))
-    log(f"scored: public {info.public_score or '-'}, private {info.private_score or '-'}")
-    result.update(status=info.status, public_score=info.public_score, private_score=info.private_score)
-    return result

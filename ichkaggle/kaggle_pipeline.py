@@ -41,7 +41,6 @@ from .kaggle_flow import (
     Layout,
     Polling,
     _print,
-    check_csv,
     experiment_folds,
     kernel_config_name,
     kernel_template,
@@ -50,6 +49,7 @@ from .kaggle_flow import (
 from .kaggle_kernel import PREPARE_MANIFEST, TRAIN_MANIFEST, _image_settings
 from .kaggle_parts import MAX_SOURCES, slug_suffix
 from .kaggle_schedule import Scheduler, Unit
+from .kaggle_submit import check_csv
 from .plan import MAX_GPU_SESSIONS, make_plan, margin_minutes, record_throughput
 
 PREPARE = "prepare"

@@ -20,6 +20,16 @@ SUBMISSION_TERMINAL = ("COMPLETE", "ERROR")
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Polling:
+    """How to follow Kaggle: first interval, longest interval, overall limit (seconds)."""
+
+    first: float = 15.0
+    longest: float = 120.0
+    timeout: float = 12 * 3600
+    submission_timeout: float = 2 * 3600
+
+
 def poll(fetch: Callable[[], T], done: Callable[[T], bool], *, what: str, first: float = 10.0, factor: float = 1.5,
          longest: float = 120.0, timeout: float = 12 * 3600, sleep: Callable[[float], None] = time.sleep,
          clock: Callable[[], float] = time.monotonic, describe: Callable[[T], str] = str,

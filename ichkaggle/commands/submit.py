@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..kaggle_api import KaggleSession, find_credentials
-    from ..kaggle_flow import Polling, check_csv, submit_csv
+    from ..kaggle_results import Polling
+    from ..kaggle_submit import check_csv, submit_csv
 
     polling = Polling(first=args.poll, longest=max(args.poll, 60.0), submission_timeout=args.max_wait)
     lines = check_csv(args.submission_csv, args.sample)  # before credentials: an invalid file stops here
