@@ -36,12 +36,10 @@ class Problem:
 
 
 def _server_message(response) -> str:
-    try:
+    with contextlib.suppress(ValueError, TypeError, AttributeError):  # a body that is not JSON
         data = response.json()
         if isinstance(data, dict) and data.get("message"):
             return str(data["message"])
-    except Exception:  # noqa: BLE001 - any body that is not JSON
-        pass
     return (getattr(response, "text", "") or "").strip()[:300]
 
 

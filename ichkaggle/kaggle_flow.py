@@ -20,9 +20,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .bundle import (
     SRC_DATASET,
@@ -45,7 +45,7 @@ from .kaggle_api import (
     poll,
     secret_values,
 )
-from .kaggle_results import Polling
+from .kaggle_results import DEFAULT_POLLING, Polling
 from .kaggle_submit import check_csv, self_check, submit_csv  # noqa: F401 (re-exported)
 
 TRAIN = "train"
@@ -53,7 +53,7 @@ INFER = "infer"
 _print = functools.partial(print, flush=True)  # the default ``log``: progress shows at once
 
 
-def warn_if_stale(layout: "Layout") -> None:
+def warn_if_stale(layout: Layout) -> None:
     """The kernels install the pushed bundle: say so when the local one lags the source."""
     reason = stale_bundle(layout.datasets / SRC_DATASET)
     if reason:
@@ -72,7 +72,7 @@ class Layout:
     out: Path
 
     @classmethod
-    def find(cls, kernels=None, datasets=None, out=None) -> "Layout":
+    def find(cls, kernels=None, datasets=None, out=None) -> Layout:
         """Templates from the checkout holding the cwd (else the package's own checkout),
         outputs in its ``runs/kaggle`` (else the cwd's)."""
         here = _project_dir(Path.cwd().resolve())
@@ -150,7 +150,7 @@ def set_variables(script: str, variables: dict, where: str = "script") -> str:
         pattern = re.compile(rf"^{re.escape(name)} = .*$", re.MULTILINE)
         if len(pattern.findall(script)) != 1:
             raise UserError(f"{where}: expected exactly one line `{name} = ...` to set")
-        script = pattern.sub(lambda _: f"{name} = {value!r}", script)
+        script = pattern.sub(lambda _, line=f"{name} = {value!r}": line, script)
     return script
 
 
@@ -346,7 +346,7 @@ def last_words(path: str) -> str:
 
 
 def push_kernels(session: KaggleSession, name: str, owner: str, layout: Layout, config: str,
-                 folds: list[int] | None, *, wait: bool, polling: Polling = Polling(),
+                 folds: list[int] | None, *, wait: bool, polling: Polling = DEFAULT_POLLING,
                  accelerator: str | None = None, weights: bool = True, dry_run: Path | None = None,
                  log: Callable[[str], None] = _print) -> list[PushedKernel]:
     """``ichkaggle push kernel NAME``: push (one version per fold for train), and with ``wait``
@@ -382,7 +382,7 @@ def push_kernels(session: KaggleSession, name: str, owner: str, layout: Layout, 
 
 
 def push_dataset(session: KaggleSession, name: str, owner: str, layout: Layout, *, notes: str = "",
-                 wait: bool = False, polling: Polling = Polling(), dry_run: Path | None = None,
+                 wait: bool = False, polling: Polling = DEFAULT_POLLING, dry_run: Path | None = None,
                  log: Callable[[str], None] = _print) -> str:
     """``ichkaggle push dataset NAME``: a new private dataset the first time, else a new version."""
     folder = _template_dir(layout.datasets, name, "dataset-metadata.json")

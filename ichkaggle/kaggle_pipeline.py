@@ -48,6 +48,7 @@ from .kaggle_flow import (
 )
 from .kaggle_kernel import PREPARE_MANIFEST, TRAIN_MANIFEST, _image_settings
 from .kaggle_parts import MAX_SOURCES, slug_suffix
+from .kaggle_results import DEFAULT_POLLING
 from .kaggle_schedule import Scheduler, Unit
 from .kaggle_submit import check_csv
 from .plan import MAX_GPU_SESSIONS, make_plan, margin_minutes, record_throughput
@@ -239,7 +240,7 @@ def _quota(session: KaggleSession, log: Callable[[str], None]):
 
 def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config: str, folds: list[int] | None, *,
                  message: str | None = None, submit: bool = True, sample: str | os.PathLike | None = None,
-                 state_path: str | os.PathLike | None = None, polling: Polling = Polling(),
+                 state_path: str | os.PathLike | None = None, polling: Polling = DEFAULT_POLLING,
                  accelerator: str | None = None, competition: str = COMPETITION, force: bool = False,
                  max_gpu_sessions: int = MAX_GPU_SESSIONS, throughput: float | None = None,
                  log: Callable[[str], None] = _print) -> dict:

@@ -30,6 +30,12 @@ class Polling:
     submission_timeout: float = 2 * 3600
 
 
+#: the defaults (a frozen value, safe to share as a default argument)
+DEFAULT_POLLING = Polling()
+#: how ``ichkaggle submit`` follows a submission: it is scored within minutes
+SUBMIT_POLLING = Polling(first=10.0, longest=60.0)
+
+
 def poll(fetch: Callable[[], T], done: Callable[[T], bool], *, what: str, first: float = 10.0, factor: float = 1.5,
          longest: float = 120.0, timeout: float = 12 * 3600, sleep: Callable[[float], None] = time.sleep,
          clock: Callable[[], float] = time.monotonic, describe: Callable[[T], str] = str,

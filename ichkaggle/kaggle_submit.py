@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import TableError, UserError
 from .files import sha256_file
 from .kaggle_api import COMPETITION, KaggleSession
-from .kaggle_results import Polling
+from .kaggle_results import SUBMIT_POLLING, Polling
 
 _print = functools.partial(print, flush=True)
 
@@ -55,7 +55,7 @@ def check_csv(csv: str | os.PathLike, sample: str | os.PathLike | None = None) -
 
 def submit_csv(session: KaggleSession, csv: str | os.PathLike, message: str, *, checked: list[str],
                competition: str = COMPETITION, wait: bool = False, dry_run: bool = False,
-               polling: Polling = Polling(first=10.0, longest=60.0), log: Callable[[str], None] = _print) -> dict:
+               polling: Polling = SUBMIT_POLLING, log: Callable[[str], None] = _print) -> dict:
     """``ichkaggle submit`` of a file :func:`check_csv` passed (``checked``: its lines): submit,
     then (``wait``) poll until scored; ``dry_run`` only shows what would be sent and as whom."""
     csv = Path(csv)

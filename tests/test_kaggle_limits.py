@@ -147,8 +147,8 @@ def test_an_image_setting_too_large_even_in_parts_is_refused_before_anything_is_
     assert "cannot be prepared within Kaggle's limits" in capsys.readouterr().err and fake.calls("SaveKernel") == []
 
 
+@pytest.mark.torch  # the FLOPs are counted on a timm model
 def test_plan_estimates_any_timm_architecture_from_its_flops_and_takes_a_given_throughput(fake, tmp_path, capsys):
-    pytest.importorskip("timm")
     config = tmp_path / "b3.toml"
     text = (ROOT / "ichkaggle" / "configs" / "b5_t4x2.toml").read_text().replace('name = "b5_t4x2"', 'name = "b3"')
     config.write_text(text.replace('arch = "efficientnet_b5"', 'arch = "efficientnet_b3"').replace(

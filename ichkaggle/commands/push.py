@@ -74,7 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run: the training throughput the plan assumes until a session has measured one "
                              "(see `ichkaggle plan --help`)")
     parser.add_argument("--weights", action="store_true", help="kernel: download the weights files too")
-    parser.add_argument("--out", default=None, metavar="DIR", help="where outputs and logs go; None: runs/kaggle of the checkout")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="where outputs and logs go; None: runs/kaggle of the checkout (--local: DIR/runs)")
     parser.add_argument("--kernels-dir", default=None, metavar="DIR", help="kernel templates; None: kernels/ of the checkout")
     parser.add_argument("--datasets-dir", default=None, metavar="DIR", help="dataset folders; None: datasets/ of the checkout")
     parser.add_argument("--poll", type=float, default=None, metavar="SECONDS",
