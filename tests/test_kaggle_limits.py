@@ -186,3 +186,20 @@ def test_an_interrupted_run_follows_its_versions_in_flight_instead_of_pushing_th
     assert main(args) == 0
     assert len(fake.kernels["alice/ichkaggle-train-fold1-s1"].versions) == 1  # followed, not pushed again
     assert "alice/ichkaggle-train-fold1-s1: version 1 already pushed (RUNNING)" in capsys.readouterr().out
+
+
+def test_a_state_written_before_the_scheduler_still_resumes(fake, tmp_path, capsys):
+    _prepare_outputs(fake)
+    _sessions(fake, range(2))
+    fake.kernel_outputs["ichkaggle-infer"] = _infer_outputs(tmp_path)
+    args = ["push", "run", "--folds", "0-1", "--out", str(tmp_path / "runs"), "-m", "x", *FAST]
+    assert main(args) == 0
+    path = tmp_path / "runs" / "exp_00-folds0-1.json"
+    state = json.loads(path.read_text())
+    old = {k: v for k, v in state.items() if k not in ("killed", "progress", "parts")}
+    path.write_text(json.dumps({**old, "version": 2}))  # as version 2 wrote it
+    pushes = len(fake.calls("SaveKernel"))
+    assert main(args) == 0
+    assert len(fake.calls("SaveKernel")) == pushes and len(fake.submissions) == 1
+    again = json.loads(path.read_text())
+    assert again["version"] == 3 and again["parts"] == 1 and again["sessions"] == state["sessions"]
