@@ -47,6 +47,8 @@ PREPARE_SLOWDOWN = 3.0
 #: kept free in a prepare session (install, start-up, the index)
 PREPARE_MARGIN_HOURS = 0.5
 STAGE2_TEST_IMAGES = 121_232
+#: Kaggle answers HTTP 500 for a kernel title (whose slug is the id) over 50 characters (kaggle-cli PR #179)
+MAX_SLUG = 50
 
 
 # ----------------------------------------------------------------------------- which image goes where

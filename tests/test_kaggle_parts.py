@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -16,6 +17,7 @@ from ichkaggle.errors import UserError
 from ichkaggle.experiment import DataConfig, Experiment
 from ichkaggle.kaggle_kernel import PREPARE_MANIFEST, attached_prepared
 from ichkaggle.kaggle_parts import (
+    MAX_SLUG,
     MAX_SOURCES,
     OUTPUT_LIMIT_BYTES,
     STAGE2_TEST_IMAGES,
@@ -53,6 +55,20 @@ def test_a_stem_that_is_not_hex_still_has_one_part_and_one_part_is_everything():
     assert part_of("ID_nothex!", 5) == part_of("ID_nothex!", 5) and 0 <= part_of("ID_nothex!", 5) < 5
     assert part_of("ID_63eb1e259", 1) == 0 and part_of("ID_63eb1e259", 3) == int("63eb1e259", 16) % 3
     assert slug_suffix(0, 1) == "" and slug_suffix(2, 7) == "-p2of7"
+
+
+def test_every_part_slug_fits_kaggles_limit_and_one_part_keeps_the_old_slug(monkeypatch):
+    from ichkaggle.experiment import load_experiment
+    from ichkaggle.kaggle_flow import Layout
+    from ichkaggle.kaggle_pipeline import prepare_jobs
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    experiment = load_experiment("exp_00")
+    one, = prepare_jobs(Layout.find(), "exp_00", experiment, 1)
+    assert re.fullmatch(r"ichkaggle-prepare-224px-jpg-[0-9a-f]{6}", one.slug) and one.variables["PARTS"] == 1
+    many = prepare_jobs(Layout.find(), "exp_00", experiment, MAX_SOURCES)
+    assert [job.slug for job in many][-1] == f"{one.slug}-p{MAX_SOURCES - 1}of{MAX_SOURCES}"
+    assert all(len(job.slug) <= MAX_SLUG and job.title.replace(" ", "-") == job.slug for job in many)
 
 
 def test_stage2_at_224px_jpeg_is_one_part_and_512px_png_several_within_the_limit():
