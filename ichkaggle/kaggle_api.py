@@ -24,10 +24,8 @@ Tested against kaggle 2.2.5 / kagglesdk 0.1.38 (pinned in pyproject.toml).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
-import io
 import itertools
 import json
 import os
@@ -35,273 +33,46 @@ import re
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import TypeVar
 
 from .errors import UserError
-from .plan import Quota
+from .kaggle_capture import Capture, captured
+from .kaggle_credentials import (  # noqa: F401 (re-exported)
+    NEW_TOKEN_HELP,
+    Credentials,
+    basic_auth_header,
+    config_dirs,
+    find_credentials,
+    scrub,
+    secret_values,
+)
+from .kaggle_errors import KaggleError, Problem, classify, retry_after  # noqa: F401 (re-exported)
+from .kaggle_parts import OUTPUT_LIMIT_BYTES, STAGE2_TEST_IMAGES
+from .kaggle_results import (  # noqa: F401 (re-exported)
+    KERNEL_FAILED,
+    KERNEL_TERMINAL,
+    SUBMISSION_TERMINAL,
+    KernelStatus,
+    PushedKernel,
+    SubmissionInfo,
+    SubmissionLimits,
+    _submission_info,
+    follow_submission,
+    poll,
+)
+from .plan import SESSION_HOURS, STAGE2_TRAIN_IMAGES, Quota
 
 COMPETITION = "rsna-intracranial-hemorrhage-detection"
 #: what stands for the user's Kaggle name in the templates (kernels/, datasets/)
 PLACEHOLDER_OWNER = "KAGGLE_USERNAME"
-KERNEL_TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
-KERNEL_FAILED = ("ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")
-SUBMISSION_TERMINAL = ("COMPLETE", "ERROR")
-NEW_TOKEN_HELP = "create a new API token at https://www.kaggle.com/settings (API -> Create New Token)"
+#: SaveKernel's ``error`` when the account already runs its GPU batch sessions ("Maximum batch GPU
+#: session count of 2 reached."; it was 4 in 2019): a reason to wait and push again, not a failure.
+#: The same words for a CPU (or TPU) cap are taken as the same reason: an ASSUMPTION, no such text seen
+GPU_SESSION_CAP = re.compile(r"maximum batch ((gpu|cpu|tpu) )?session", re.IGNORECASE)
 
 T = TypeVar("T")
-
-
-# ----------------------------------------------------------------------------- credentials
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Who calls the API; ``key`` is never part of the repr."""
-
-    username: str
-    key: str = field(repr=False)
-    source: str = ""
-    token: bool = False  # a KAGGLE_API_TOKEN (sent as Bearer) rather than a legacy key (Basic auth)
-
-    def describe(self) -> str:
-        return f"user {self.username} (credentials from {self.source})"
-
-
-def config_dirs(env: dict | None = None) -> list[Path]:
-    """Where ``kaggle.json`` may live, in the client's order of preference."""
-    env = os.environ if env is None else env
-    home = Path(env.get("HOME") or Path.home())
-    if env.get("KAGGLE_CONFIG_DIR"):
-        return [Path(env["KAGGLE_CONFIG_DIR"])]
-    xdg = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else home / ".config"
-    return [home / ".kaggle", xdg / "kaggle"]
-
-
-def _read_kaggle_json(path: Path) -> tuple[str, str]:
-    try:
-        data = json.loads(path.read_text())
-        return str(data["username"]), str(data["key"])
-    except (OSError, ValueError, KeyError, TypeError):
-        # never echo the content: it holds the key
-        raise UserError(f"{path}: not a kaggle.json with \"username\" and \"key\" ({NEW_TOKEN_HELP})") from None
-
-
-def _token(env: dict) -> tuple[str, str] | None:
-    """(API token, where from) as the client finds it: ``KAGGLE_API_TOKEN`` (a value or a file
-    path), else ``~/.kaggle/access_token`` (or ``.txt``)."""
-    value = env.get("KAGGLE_API_TOKEN")
-    if value:
-        path = Path(value) if len(value) < 512 else None
-        return ((path.read_text().strip() if path and path.is_file() else value), "KAGGLE_API_TOKEN")
-    home = Path(env.get("HOME") or Path.home())
-    for name in ("access_token", "access_token.txt"):
-        path = home / ".kaggle" / name
-        if path.is_file() and path.read_text().strip():
-            return path.read_text().strip(), str(path)
-    return None
-
-
-def find_credentials(owner: str | None = None, env: dict | None = None, required: bool = True) -> Credentials | None:
-    """The credentials the client will use, in its own order, without any network call: an API
-    token first (:func:`_token`; its username from ``KAGGLE_USERNAME``, a ``kaggle.json`` or ``owner``),
-    then ``KAGGLE_USERNAME`` + ``KAGGLE_KEY``, else ``kaggle.json`` (see :func:`config_dirs`)."""
-    env = os.environ if env is None else env
-    legacy, json_user = None, None
-    if env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"):
-        legacy = Credentials(env["KAGGLE_USERNAME"], env["KAGGLE_KEY"], "KAGGLE_USERNAME/KAGGLE_KEY")
-    for folder in config_dirs(env):
-        path = folder / "kaggle.json"
-        if legacy is None and path.is_file():
-            username, key = _read_kaggle_json(path)
-            json_user = json_user or username
-            legacy = Credentials(username, key, str(path)) if key else None
-    token = _token(env)
-    if token:
-        username = env.get("KAGGLE_USERNAME") or json_user or (legacy and legacy.username) or owner
-        if not username:
-            raise UserError(f"an API token ({token[1]}) is set but no username is known: "
-                            "set KAGGLE_USERNAME (or pass --owner)")
-        return Credentials(username, token[0], token[1], token=True)
-    if legacy is not None or not required:
-        return legacy
-    where = ", ".join(str(d / "kaggle.json") for d in config_dirs(env))
-    raise UserError(
-        "no Kaggle credentials: set KAGGLE_USERNAME and KAGGLE_KEY, or put kaggle.json in one of "
-        f"{where} (chmod 600), or set KAGGLE_API_TOKEN; {NEW_TOKEN_HELP}"
-    )
-
-
-def secret_values(credentials: Credentials | None = None, env: dict | None = None) -> list[str]:
-    """Every secret this machine holds for Kaggle (to scrub from text and to scan bundles for)."""
-    env = os.environ if env is None else env
-    secrets = {credentials.key} if credentials is not None else set()
-    secrets.update(env.get(name) or "" for name in ("KAGGLE_KEY", "KAGGLE_API_TOKEN"))  # "" is dropped below
-    with contextlib.suppress(OSError):
-        secrets.add((_token(env) or ("", ""))[0])
-    for folder in config_dirs(env):
-        path = folder / "kaggle.json"
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError, AttributeError):
-            secrets.add(str(json.loads(path.read_text())["key"]))
-    return sorted(s for s in secrets if len(s) >= 8)
-
-
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with every secret (and its Basic-auth encoding) and auth header replaced."""
-    text = str(text)
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[REDACTED]")
-    return re.sub(r"(Authorization['\"]?\s*[:=]\s*['\"]?(Basic|Bearer)\s+)[A-Za-z0-9+/=._-]+", r"\1[REDACTED]", text)
-
-
-# ----------------------------------------------------------------------------- errors
-
-
-class KaggleError(UserError):
-    """A Kaggle call that failed for good; ``status`` is the HTTP status when there was one."""
-
-    def __init__(self, message: str, status: int | None = None, kind: str = "other"):
-        super().__init__(message)
-        self.status, self.kind = status, kind
-
-
-@dataclass(frozen=True)
-class Problem:
-    kind: str  # auth | forbidden | not_found | transient | refused | other
-    text: str
-    status: int | None = None
-    retry_after: float | None = None  # seconds a 429 or 503 asked us to wait
-
-
-def _server_message(response) -> str:
-    try:
-        data = response.json()
-        if isinstance(data, dict) and data.get("message"):
-            return str(data["message"])
-    except Exception:  # noqa: BLE001 - any body that is not JSON
-        pass
-    return (getattr(response, "text", "") or "").strip()[:300]
-
-
-def _connection_text(err: Exception) -> str:
-    text = str(err)
-    reason = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
-    host = re.search(r"host='([^']+)', port=(\d+)", text)
-    where = f"{host.group(1)}:{host.group(2)}" if host else "the server"
-    if "timed out" in text.lower() or "timeout" in type(err).__name__.lower():
-        return f"no answer from {where} (timed out)"
-    return f"cannot connect to {where}" + (f" ({reason.group(1).strip()})" if reason else "")
-
-
-def retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
-    """Seconds of a ``Retry-After`` header: a number, or an HTTP date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    with contextlib.suppress(ValueError):
-        return max(0.0, float(value))
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now())
-    except (TypeError, ValueError):
-        return None
-
-
-def classify(err: Exception) -> Problem:
-    """What went wrong, in the terms the retry loop and the messages need."""
-    import requests
-    import urllib3.exceptions as u3  # requests' own transport
-
-    context = err.__context__
-    if isinstance(err, ValueError) and isinstance(context, requests.HTTPError) and context.response is not None:
-        # the client turns some HTTP errors into a ValueError with its own guess (e.g. 401 on a
-        # kernel becomes "wrong kernel slug"): the status underneath decides
-        problem = classify(context)
-        return Problem(problem.kind, f"{problem.text} ({err})" if problem.kind != "auth" else problem.text,
-                       problem.status, problem.retry_after)
-    if isinstance(err, requests.HTTPError) and err.response is not None:
-        status = err.response.status_code
-        message = _server_message(err.response) or str(err)
-        kind = {401: "auth", 403: "forbidden", 404: "not_found"}.get(status)
-        if kind:
-            return Problem(kind, message, status)
-        if status == 429 or status >= 500:
-            wait = retry_after(err.response.headers.get("Retry-After")) if status in (429, 503) else None
-            return Problem("transient", f"HTTP {status}: {message}", status, wait)
-        return Problem("other", f"HTTP {status}: {message}", status)
-    if isinstance(err, (requests.ConnectionError, requests.Timeout, u3.ProtocolError, u3.TimeoutError,
-                        u3.NewConnectionError)):
-        return Problem("transient", _connection_text(err))
-    text = str(err) or type(err).__name__
-    if "Permission 'kernels.get' was denied" in text:
-        return Problem("forbidden", text, 403)
-    return Problem("other", text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}")
-
-
-# ----------------------------------------------------------------------------- polling
-
-
-def poll(fetch: Callable[[], T], done: Callable[[T], bool], *, what: str, first: float = 10.0, factor: float = 1.5,
-         longest: float = 120.0, timeout: float = 12 * 3600, sleep: Callable[[float], None] = time.sleep,
-         clock: Callable[[], float] = time.monotonic, describe: Callable[[T], str] = str,
-         on_change: Callable[[T], None] | None = None) -> T:
-    """Call ``fetch`` until ``done``; the interval grows from ``first`` by ``factor`` up to
-    ``longest`` and the whole wait is bounded by ``timeout`` seconds."""
-    started, interval, last = clock(), first, object()
-    while True:
-        value = fetch()
-        shown = describe(value)
-        if shown != last and on_change is not None:
-            on_change(value)
-        last = shown
-        if done(value):
-            return value
-        if clock() - started + interval > timeout:
-            raise KaggleError(
-                f"{what}: still {shown} after {clock() - started:.0f}s (limit {timeout:.0f}s); "
-                "run the same command again to keep following it", kind="timeout")
-        sleep(interval)
-        interval = min(interval * factor, longest)
-
-
-# ----------------------------------------------------------------------------- results
-
-
-@dataclass
-class PushedKernel:
-    """A pushed kernel version and, as it is followed, what became of it."""
-
-    ref: str
-    version: int
-    url: str
-    status: str = "PUSHED"
-    failure_message: str = ""
-    output: str = ""
-    log: str = ""
-
-
-@dataclass(frozen=True)
-class KernelStatus:
-    status: str
-    failure_message: str = ""
-
-    def __str__(self) -> str:
-        return self.status + (f" ({self.failure_message})" if self.failure_message else "")
-
-
-@dataclass(frozen=True)
-class SubmissionInfo:
-    ref: int
-    status: str
-    description: str = ""
-    file_name: str = ""
-    public_score: str = ""
-    private_score: str = ""
-    error_description: str = ""
-
-    def __str__(self) -> str:
-        return self.status
 
 
 # ----------------------------------------------------------------------------- the client
@@ -311,7 +82,7 @@ def _api_class():
     """A ``KaggleApi`` that builds its clients with our one credential and never retries itself."""
     saved = os.environ.pop("KAGGLE_API_TOKEN", None)  # `import kaggle` authenticates: keep it silent, offline
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with captured():  # this thread's output only: the client prints help when it finds no credentials
             from kaggle.api.kaggle_api_extended import KaggleApi
             from kagglesdk import KaggleClient
             from kagglesdk.kaggle_env import get_env
@@ -338,6 +109,24 @@ def _api_class():
     return Api
 
 
+def saved_kernel(ref: str, error: str, invalid: dict, version: int, url: str,
+                 scrub_text: Callable[[str], str] = str) -> PushedKernel:
+    """What SaveKernel answered (Kaggle's or the rehearsal's): the pushed version, or the KaggleError
+    the pipeline acts on: ``busy`` for the GPU-session cap, ``refused`` for the rest (an ``error``,
+    a source Kaggle could not attach, no version number)."""
+    if error:
+        busy = bool(GPU_SESSION_CAP.search(error))
+        raise KaggleError(scrub_text(f"push kernel {ref}: Kaggle refused it: {error}"), kind="busy" if busy else "refused")
+    if invalid:
+        listed = "; ".join(f"{name.replace('_', ' ')}: {value}" for name, value in invalid.items())
+        raise KaggleError(scrub_text(
+            f"push kernel {ref}: saved as version {version or '?'} but Kaggle could not attach {listed} (the run "
+            "cannot read them offline: push those first or fix the names)"), kind="refused")
+    if not version:
+        raise KaggleError(f"push kernel {ref}: Kaggle's answer has no version number", kind="refused")
+    return PushedKernel(ref, version, url)
+
+
 def endpoint() -> str:
     """The API base the client sends to (``KAGGLE_API_ENVIRONMENT``, kagglesdk's table)."""
     from kagglesdk.kaggle_env import get_endpoint, get_env
@@ -345,16 +134,18 @@ def endpoint() -> str:
     return get_endpoint(get_env())
 
 
-def _within(seconds: float, fn: Callable[..., T], *args, **kwargs) -> T:
-    """``fn(*args, **kwargs)``, or TimeoutError after ``seconds`` (the call is left behind
-    in a daemon thread: the client offers no request timeout of its own)."""
+def _within(seconds: float, capture: Capture, fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)``, or TimeoutError after ``seconds`` (the call is left behind in a
+    daemon thread: the client offers no request timeout of its own). What the call prints goes
+    to ``capture``, also after a timeout (:mod:`~ichkaggle.kaggle_capture`)."""
     outcome: dict = {}
 
     def target():
-        try:
-            outcome["value"] = fn(*args, **kwargs)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            outcome["error"] = err
+        with captured(capture):
+            try:
+                outcome["value"] = fn(*args, **kwargs)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome["error"] = err
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
@@ -369,6 +160,10 @@ def _within(seconds: float, fn: Callable[..., T], *args, **kwargs) -> T:
 class KaggleSession:
     """The configured client plus the retry, error and polling policy of this package."""
 
+    #: the limits ``push run`` plans with: Kaggle's session length and the output one kernel keeps
+    session_hours = SESSION_HOURS
+    output_limit = OUTPUT_LIMIT_BYTES
+
     def __init__(self, credentials: Credentials | None = None, *, attempts: int = 4, deadline: float = 45.0,
                  first_delay: float = 0.5, max_delay: float = 10.0, timeout: float = 900.0,
                  longest_retry_after: float = 600.0, sleep: Callable[[float], None] = time.sleep,
@@ -382,6 +177,10 @@ class KaggleSession:
         self.secrets = secret_values(self.credentials)
         if self.credentials.key:
             self.secrets.append(basic_auth_header(self.credentials).split()[1])
+
+    def image_counts(self) -> tuple[int, int]:
+        """(train, test) slices the kernels will see: stage 2's."""
+        return STAGE2_TRAIN_IMAGES, STAGE2_TEST_IMAGES
 
     # -- plumbing
 
@@ -408,10 +207,9 @@ class KaggleSession:
         returned instead of retrying."""
         started, delay = self.clock(), self.first_delay
         for attempt in itertools.count(1):
-            printed = io.StringIO()  # what the client prints on its own (progress, hints): scrubbed, to our log
+            printed = Capture()  # what the client prints on its own (progress, hints): scrubbed, to our log
             try:
-                with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-                    return _within(self.timeout, fn, *args, **kwargs)
+                return _within(self.timeout, printed, fn, *args, **kwargs)
             except UserError:
                 raise
             except TimeoutError as err:
@@ -419,8 +217,8 @@ class KaggleSession:
             except Exception as err:  # noqa: BLE001 - every failure becomes a clear message
                 problem = classify(err)
             finally:
-                if printed.getvalue().strip():
-                    self.log(printed.getvalue().strip())
+                if printed.text().strip():
+                    self.log(printed.text().strip())
             asked = problem.retry_after is not None
             wait = problem.retry_after if asked else delay
             in_time = wait <= self.longest_retry_after if asked else self.clock() - started + wait <= self.deadline
@@ -464,22 +262,11 @@ class KaggleSession:
         ref = json.loads((Path(folder) / "kernel-metadata.json").read_text()).get("id", str(folder))
         answer = self.call(f"push kernel {ref}", self.api.kernels_push, str(folder),
                            None if timeout is None else str(timeout), accelerator)
-        error = getattr(answer, "error", "") or ""
-        if error:
-            raise KaggleError(self.scrub(f"push kernel {ref}: Kaggle refused it: {error}"), kind="refused")
-        invalid = [f"{name.replace('_', ' ')}: {value}" for name in ("dataset_sources", "competition_sources",
-                                                                    "kernel_sources", "model_sources")
-                   if (value := getattr(answer, f"invalid_{name}", None))]
-        version = int(getattr(answer, "version_number", 0) or 0)
-        if invalid:
-            raise KaggleError(self.scrub(
-                f"push kernel {ref}: saved as version {version or '?'} but Kaggle could not attach "
-                + "; ".join(invalid) + " (the run cannot read them offline: push those first or fix the names)"),
-                kind="refused")
-        if not version:
-            raise KaggleError(f"push kernel {ref}: Kaggle's answer has no version number: {answer}", kind="refused")
-        url = getattr(answer, "url", "") or f"https://www.kaggle.com/code/{ref}"
-        return PushedKernel(ref, version, url)
+        invalid = {name: value for name in ("dataset_sources", "competition_sources", "kernel_sources",
+                                            "model_sources") if (value := getattr(answer, f"invalid_{name}", None))}
+        return saved_kernel(ref, getattr(answer, "error", "") or "", invalid,
+                            int(getattr(answer, "version_number", 0) or 0),
+                            getattr(answer, "url", "") or f"https://www.kaggle.com/code/{ref}", self.scrub)
 
     def _versioned(self, what: str, fn: Callable[[str], T], ref: str, version: int | None) -> T:
         """``fn`` on ``ref/version``; a server that does not know version labels gets ``ref``."""
@@ -583,15 +370,9 @@ class KaggleSession:
     # -- competitions
 
     def submissions(self, competition: str = COMPETITION) -> list[SubmissionInfo]:
+        """The first page of the submissions list, newest first (what a just-made submission needs)."""
         rows = self.call(f"list submissions of {competition}", self.api.competition_submissions, competition) or []
-
-        def text(row, name: str) -> str:
-            return str(getattr(row, name, "") or "")
-
-        return [SubmissionInfo(int(getattr(row, "ref", 0) or 0), getattr(row.status, "name", str(row.status)),
-                               *(text(row, name) for name in ("description", "file_name", "public_score",
-                                                             "private_score", "error_description")))
-                for row in rows if row is not None]
+        return [_submission_info(row) for row in rows if row is not None]
 
     def submit(self, csv: str | os.PathLike, message: str, competition: str = COMPETITION) -> int:
         """Upload and submit ``csv``; returns the submission's ref (0 if Kaggle gave none)."""
@@ -621,27 +402,22 @@ class KaggleSession:
                               kind="refused")
         return ref
 
+    def submission(self, ref: int, competition: str = COMPETITION) -> SubmissionInfo:
+        """One submission by its ref (``GetSubmission``): it does not depend on the list's paging."""
+        return _submission_info(self.call(f"submission {ref} of {competition}", self.api.get_submission, int(ref)))
+
+    def submission_limits(self, competition: str = COMPETITION) -> SubmissionLimits:
+        """Today's submission allowance (``GetSubmissionLimits``)."""
+        answer = self.call(f"submission limits of {competition}", self.api.competition_get_submission_limits,
+                           competition)
+        return SubmissionLimits(*(int(getattr(answer, name, 0) or 0)
+                                  for name in ("num_today", "num_total", "num_allowed_now")),
+                                bool(getattr(answer, "limited_by_total", False)))
+
     def wait_submission(self, ref: int, message: str = "", file_name: str = "", competition: str = COMPETITION, *,
                         first: float = 10.0, longest: float = 60.0, timeout: float = 2 * 3600,
                         on_change: Callable[[SubmissionInfo], None] | None = None) -> SubmissionInfo:
-        """Poll the submissions list until this submission is COMPLETE (returned) or ERROR (raised)."""
-
-        def fetch() -> SubmissionInfo:
-            for row in self.submissions(competition):
-                if (ref and row.ref == ref) or (not ref and row.description == message
-                                                and row.file_name == file_name):
-                    return row
-            return SubmissionInfo(ref, "PENDING (not listed yet)")
-
-        info = poll(fetch, lambda s: s.status in SUBMISSION_TERMINAL, what=f"submission {ref}", first=first,
-                    longest=longest, timeout=timeout, sleep=self.sleep, clock=self.clock, on_change=on_change)
-        if info.status == "ERROR":
-            raise KaggleError(self.scrub(f"submission {info.ref} ({info.file_name}) was scored ERROR: "
-                                         f"{info.error_description or 'no reason given'}"), kind="refused")
-        return info
-
-
-def basic_auth_header(credentials: Credentials) -> str:
-    """The Authorization value the client sends (tests use it to look for leaks)."""
-    raw = f"{credentials.username}:{credentials.key}".encode()
-    return "Basic " + base64.b64encode(raw).decode()
+        """Follow this submission by its ref until COMPLETE (returned) or ERROR (raised); without a ref
+        (0: Kaggle gave none), look for its message and file name in the list."""
+        return follow_submission(self, ref, message, file_name, competition, first=first, longest=longest,
+                                 timeout=timeout, on_change=on_change)

@@ -7,7 +7,7 @@ built on these is ``kaggle_pipeline``).
   and no credential (checked);
 - :func:`push_kernels` / :func:`push_dataset`: push through :class:`~.kaggle_api.KaggleSession`,
   follow the versions with bounded backoff, download the outputs and the log;
-- :func:`check_csv` / :func:`submit_csv`: an invalid file is never uploaded.
+- submissions (:func:`check_csv` / :func:`submit_csv`) are :mod:`ichkaggle.kaggle_submit`'s.
 """
 
 from __future__ import annotations
@@ -20,24 +20,40 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from .bundle import (SRC_DATASET, dataset_files, metadata_json, refuse_credentials, render_dataset_metadata,
-                     stale_bundle)
-from .errors import TableError, UserError
+from .bundle import (
+    SRC_DATASET,
+    dataset_files,
+    metadata_json,
+    refuse_credentials,
+    render_dataset_metadata,
+    stale_bundle,
+)
+from .errors import UserError
 from .experiment import CONFIG_DIR, load_experiment
-from .files import sha256_file
-from .kaggle_api import (COMPETITION, KERNEL_FAILED, PLACEHOLDER_OWNER, KaggleSession, KernelStatus, PushedKernel,
-                         poll, secret_values)
+from .kaggle_api import (
+    COMPETITION,
+    KERNEL_FAILED,
+    PLACEHOLDER_OWNER,
+    KaggleError,
+    KaggleSession,
+    KernelStatus,
+    PushedKernel,
+    poll,
+    secret_values,
+)
+from .kaggle_results import DEFAULT_POLLING, Polling
+from .kaggle_submit import check_csv, self_check, submit_csv  # noqa: F401 (re-exported)
 
 TRAIN = "train"
 INFER = "infer"
 _print = functools.partial(print, flush=True)  # the default ``log``: progress shows at once
 
 
-def warn_if_stale(layout: "Layout") -> None:
+def warn_if_stale(layout: Layout) -> None:
     """The kernels install the pushed bundle: say so when the local one lags the source."""
     reason = stale_bundle(layout.datasets / SRC_DATASET)
     if reason:
@@ -45,16 +61,6 @@ def warn_if_stale(layout: "Layout") -> None:
 
 
 # ----------------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True)
-class Polling:
-    """How to follow Kaggle: first interval, longest interval, overall limit (seconds)."""
-
-    first: float = 15.0
-    longest: float = 120.0
-    timeout: float = 12 * 3600
-    submission_timeout: float = 2 * 3600
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ class Layout:
     out: Path
 
     @classmethod
-    def find(cls, kernels=None, datasets=None, out=None) -> "Layout":
+    def find(cls, kernels=None, datasets=None, out=None) -> Layout:
         """Templates from the checkout holding the cwd (else the package's own checkout),
         outputs in its ``runs/kaggle`` (else the cwd's)."""
         here = _project_dir(Path.cwd().resolve())
@@ -144,7 +150,7 @@ def set_variables(script: str, variables: dict, where: str = "script") -> str:
         pattern = re.compile(rf"^{re.escape(name)} = .*$", re.MULTILINE)
         if len(pattern.findall(script)) != 1:
             raise UserError(f"{where}: expected exactly one line `{name} = ...` to set")
-        script = pattern.sub(lambda _: f"{name} = {value!r}", script)
+        script = pattern.sub(lambda _, line=f"{name} = {value!r}": line, script)
     return script
 
 
@@ -316,20 +322,31 @@ def follow(session: KaggleSession, kernels: list[PushedKernel], polling: Polling
                     raise
                 log(f"  {kernel.ref} v{kernel.version}: no outputs or log to fetch ({err})")
             save()
-    parts = []
-    for kernel in (k for k in kernels if k.status != "COMPLETE"):
-        text = f"{kernel.ref} v{kernel.version} ended {kernel.status}"
-        if kernel.failure_message:
-            text += f": {kernel.failure_message}"
-        text += f" (log: {kernel.log})" if kernel.log else f" (see {kernel.url})"
-        tail = log_tail(kernel.log)
-        parts.append(text + (f"\n  last lines of the log:\n{tail}" if tail else ""))
-    if parts:
-        raise UserError("kernel run(s) failed:\n" + "\n".join(parts) + hint)
+    failed = [failure_text(k) for k in kernels if k.status != "COMPLETE"]
+    if failed:
+        raise UserError("kernel run(s) failed:\n" + "\n".join(failed) + hint)
+
+
+def failure_text(kernel: PushedKernel) -> str:
+    """How a version ended, where its log is, and the log's last lines."""
+    text = f"{kernel.ref} v{kernel.version} ended {kernel.status}"
+    if kernel.failure_message:
+        text += f": {kernel.failure_message}"
+    text += f" (log: {kernel.log})" if kernel.log else f" (see {kernel.url})"
+    tail = log_tail(kernel.log)
+    return text + (f"\n  last lines of the log:\n{tail}" if tail else "")
+
+
+def last_words(path: str) -> str:
+    """The last line a kernel printed: what it did (its scripts end on a summary line)."""
+    if not path or not Path(path).is_file():
+        return ""
+    lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def push_kernels(session: KaggleSession, name: str, owner: str, layout: Layout, config: str,
-                 folds: list[int] | None, *, wait: bool, polling: Polling = Polling(),
+                 folds: list[int] | None, *, wait: bool, polling: Polling = DEFAULT_POLLING,
                  accelerator: str | None = None, weights: bool = True, dry_run: Path | None = None,
                  log: Callable[[str], None] = _print) -> list[PushedKernel]:
     """``ichkaggle push kernel NAME``: push (one version per fold for train), and with ``wait``
@@ -345,7 +362,13 @@ def push_kernels(session: KaggleSession, name: str, owner: str, layout: Layout, 
         return []
     pushed = []
     for job in jobs:
-        kernel = push_job(session, job, owner, accelerator)
+        try:
+            kernel = push_job(session, job, owner, accelerator)
+        except KaggleError as err:
+            if err.kind != "busy":
+                raise
+            raise UserError(f"{err}: Kaggle runs at most 2 GPU sessions of an account at once; push the rest when "
+                            "one has ended, or let `ichkaggle push run` queue them") from None
         log(f"pushed {kernel.ref} version {kernel.version}: {kernel.url}")
         pushed.append(kernel)
     if not wait:
@@ -359,7 +382,7 @@ def push_kernels(session: KaggleSession, name: str, owner: str, layout: Layout, 
 
 
 def push_dataset(session: KaggleSession, name: str, owner: str, layout: Layout, *, notes: str = "",
-                 wait: bool = False, polling: Polling = Polling(), dry_run: Path | None = None,
+                 wait: bool = False, polling: Polling = DEFAULT_POLLING, dry_run: Path | None = None,
                  log: Callable[[str], None] = _print) -> str:
     """``ichkaggle push dataset NAME``: a new private dataset the first time, else a new version."""
     folder = _template_dir(layout.datasets, name, "dataset-metadata.json")
@@ -391,72 +414,3 @@ def push_dataset(session: KaggleSession, name: str, owner: str, layout: Layout, 
             raise UserError(f"dataset {ref} ended {status}: see {url}")
     return url
 
-
-# ----------------------------------------------------------------------------- submissions
-
-
-def self_check(csv: Path):
-    """A check without the sample: header, IDs, six rows per image, numbers in [0, 1]
-    (which images belong to the test set can only be checked with --sample)."""
-    import pandas as pd
-
-    from .submission import check_submission
-
-    try:
-        ids = pd.read_csv(csv, usecols=["ID"], dtype=str, keep_default_na=False)["ID"]
-        sample = pd.DataFrame({"ID": pd.unique(ids.to_numpy(dtype=object))})
-    except ValueError:  # no ID column: the check reports the header
-        sample = pd.DataFrame({"ID": pd.Series([], dtype=object)})
-    try:
-        return check_submission(csv, sample)
-    except TableError as err:
-        raise UserError(f"{csv}: not a valid submission: "
-                        + str(err).replace("the sample submission", "it").replace("; is it a sample submission?", ""))
-
-
-def check_csv(csv: str | os.PathLike, sample: str | os.PathLike | None = None) -> list[str]:
-    """The check's lines; raises UserError (nothing is uploaded) when the file is invalid."""
-    from .submission import check_submission
-
-    csv = Path(csv)
-    if not csv.is_file():
-        raise UserError(f"{csv}: no such file")
-    if sample is not None and not Path(sample).is_file():
-        raise UserError(f"--sample {sample}: no such file")
-    report = check_submission(csv, sample) if sample is not None else self_check(csv)
-    lines = report.lines()
-    if not report.ok:
-        raise UserError(f"{csv} is not a valid submission; nothing was uploaded:\n" + "\n".join(lines))
-    if sample is None:
-        lines.append("(no --sample: the IDs were checked for consistency, not against the sample submission)")
-    return lines
-
-
-def submit_csv(session: KaggleSession, csv: str | os.PathLike, message: str, *, checked: list[str],
-               competition: str = COMPETITION, wait: bool = False, dry_run: bool = False,
-               polling: Polling = Polling(first=10.0, longest=60.0), log: Callable[[str], None] = _print) -> dict:
-    """``ichkaggle submit`` of a file :func:`check_csv` passed (``checked``: its lines): submit,
-    then (``wait``) poll until scored; ``dry_run`` only shows what would be sent and as whom."""
-    csv = Path(csv)
-    if not message.strip():
-        raise UserError("-m MESSAGE: a submission needs a description")
-    for line in checked:
-        log(line)
-    if dry_run:
-        size = csv.stat().st_size
-        log(f"dry run: would submit {csv} ({size / 2**20:.1f} MiB, sha256 {sha256_file(csv)[:16]}...) to "
-            f"{competition} as {session.credentials.describe()} with message {message!r}"
-            + ("; then poll the submissions list until it is scored" if wait else ""))
-        return {"dry_run": True}
-    ref = session.submit(csv, message, competition)
-    log(f"submitted {csv.name} to {competition}" + (f" (submission {ref})" if ref else ""))
-    result = {"ref": ref, "status": "PENDING", "file": str(csv), "message": message}
-    if not wait:
-        log(f"see https://www.kaggle.com/competitions/{competition}/submissions")
-        return result
-    info = session.wait_submission(ref, message, csv.name, competition, first=polling.first,
-                                   longest=polling.longest, timeout=polling.submission_timeout,
-                                   on_change=lambda s: log(f"  submission {s.ref or ref}: {s.status}"))
-    log(f"scored: public {info.public_score or '-'}, private {info.private_score or '-'}")
-    result.update(status=info.status, public_score=info.public_score, private_score=info.private_score)
-    return result

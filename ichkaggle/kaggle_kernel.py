@@ -1,13 +1,11 @@
 """What the thin Kaggle kernels call: prepare once, one session of one fold, fold-averaged inference.
 
-Kaggle mounts the competition, the attached datasets and the outputs of attached kernels
-under ``/kaggle/input`` with a nesting that has changed over the years
-(``/kaggle/input/<slug>/``, sometimes ``<slug>/<slug>/``), so everything is found by a
-bounded search that never lists the image folders (750k files) or the shards.
+What they attach is found under ``/kaggle/input`` by :mod:`ichkaggle.kaggle_inputs`.
 
 - :func:`kaggle_prepare` (a CPU kernel, off the GPU quota): competition -> train and test
   prepared at the config's image settings, packed, as its output (within Kaggle's 20 GB)
-  + ``ichkaggle_prepare.json``.
+  + ``ichkaggle_prepare.json``; part i of n of a set too large for one output
+  (:mod:`ichkaggle.kaggle_parts`) prepares only its share of the image ids.
 - :func:`kaggle_train`: one GPU session of one fold. It uses an attached prepare output
   whose settings match (a mismatch is an error naming both; with none attached it prepares
   into a scratch folder), continues an attached earlier session of the same fold, trains
@@ -24,89 +22,24 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import deque
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 from .errors import UserError
+from .kaggle_inputs import (  # noqa: F401 (re-exported: the kernels' callers look here)
+    INPUT_ROOT,
+    SKIP_DIRS,
+    find_competition_dir,
+    resolve_config,
+    resolve_weights,
+    search,
+)
+from .kaggle_parts import OUTPUT_LIMIT_BYTES, complete_set, merged_view
 
-INPUT_ROOT = "/kaggle/input"
 OUTPUT_ROOT = "/kaggle/working"
 PREPARE_MANIFEST = "ichkaggle_prepare.json"
 TRAIN_MANIFEST = "ichkaggle_train.json"
 INFER_MANIFEST = "ichkaggle_infer.json"
-#: Kaggle keeps at most 20 GB of /kaggle/working; a prepare output must stay under this
-OUTPUT_LIMIT_BYTES = 19.5e9
-#: folders never listed by the search (huge, or never holding what is looked for)
-SKIP_DIRS = frozenset({"stage_2_train", "stage_2_test", "stage_1_train_images", "stage_1_test_images",
-                       "images", "shards", "__pycache__", "models", ".git"})
-
-
-# ----------------------------------------------------------------------------- finding things
-
-
-def search(root: str | os.PathLike, name: str, max_depth: int = 4) -> list[Path]:
-    """Files called ``name`` under ``root``, breadth first, bounded."""
-    found = []
-    queue = deque([(Path(root), 0)])
-    while queue:
-        folder, depth = queue.popleft()
-        if (folder / name).is_file():
-            found.append(folder / name)
-        if depth >= max_depth:
-            continue
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            continue
-        for entry in entries:
-            if entry.name in SKIP_DIRS or entry.name.startswith("."):
-                continue
-            try:
-                if entry.is_dir():
-                    queue.append((Path(entry.path), depth + 1))
-            except OSError:
-                continue
-    return found
-
-
-def find_competition_dir(input_root: str | os.PathLike = INPUT_ROOT) -> Path:
-    """The folder holding ``stage_2_train.csv`` (and the rest of the competition files)."""
-    from .demo import check_competition_dir
-
-    found = search(input_root, "stage_2_train.csv", max_depth=4)
-    if not found:
-        from .kaggle_api import COMPETITION
-
-        raise UserError(f"no stage_2_train.csv under {input_root}: attach the competition {COMPETITION} to the kernel")
-    check_competition_dir(found[0].parent)
-    return found[0].parent
-
-
-def resolve_config(config: str | os.PathLike, input_root: str | os.PathLike = INPUT_ROOT) -> Path:
-    """A config path, else ``<name>.toml`` of an attached dataset, else a config in the package."""
-    from .experiment import resolve_path
-
-    path = Path(config)
-    if path.is_file():
-        return path
-    stem = path.name if path.suffix == ".toml" else f"{path.name}.toml"
-    found = search(input_root, stem, max_depth=3)
-    return found[0] if found else resolve_path(config)
-
-
-def resolve_weights(experiment, input_root: str | os.PathLike = INPUT_ROOT):
-    """The experiment with ``[model] weights`` found by file name under ``input_root`` if the
-    configured path does not exist (the dataset may be mounted elsewhere)."""
-    weights = experiment.model.weights
-    if not weights or Path(weights).is_file():
-        return experiment
-    found = search(input_root, Path(weights).name, max_depth=3)
-    if not found:
-        raise UserError(f"[model] weights {weights}: not found, nor {Path(weights).name} under {input_root}: "
-                        "attach the ichkaggle-timm-weights dataset (datasets/ichkaggle-timm-weights/README.md)")
-    return replace(experiment, model=replace(experiment.model, weights=str(found[0])))
 
 
 # ----------------------------------------------------------------------------- data
@@ -152,22 +85,31 @@ def _image_settings(experiment):
     return PrepareSettings(size=experiment.data.size, windows=windows, format=fmt)
 
 
-def attached_prepared(experiment, input_root: str | os.PathLike) -> Path | None:
-    """The attached prepare output for the experiment's image settings, or None when none is
-    attached; one with other settings is an error naming both."""
+def attached_prepared(experiment, input_root: str | os.PathLike, split: str = "train",
+                      scratch: str | os.PathLike | None = None) -> Path | None:
+    """The attached prepared ``split`` for the experiment's image settings, or None when none is
+    attached: one prepare output's folder, or every attached part read as one set (a merged view
+    in ``scratch``); a set with a part missing or twice, or only other settings, is an error."""
     from .prepared import PrepareSettings
 
     wanted = _image_settings(experiment)
-    found = []
+    matching, other = [], []
     for path in search(input_root, PREPARE_MANIFEST, max_depth=3):
         manifest = json.loads(path.read_text())
         settings = PrepareSettings.from_json(manifest["settings"])
         if settings == wanted:
-            return path.parent
-        found.append(f"{path.parent} ({settings.describe()})")
-    if found:
+            matching.append((path.parent, manifest))
+        else:
+            other.append(f"{path.parent} ({settings.describe()})")
+    if matching:
+        parts = complete_set(matching)
+        if len(parts) == 1:
+            return parts[0] / split
+        print(f"  {split}: {len(parts)} prepared parts attached, read as one set", flush=True)
+        return merged_view(parts, _scratch(scratch) / "prepared", split)
+    if other:
         raise UserError(f"the attached prepared data does not match {experiment.name}: it has "
-                        f"{'; '.join(found)}, the experiment wants {wanted.describe()}; attach the prepare kernel "
+                        f"{'; '.join(other)}, the experiment wants {wanted.describe()}; attach the prepare kernel "
                         "made for these settings (`ichkaggle push run` does)")
     return None
 
@@ -183,11 +125,11 @@ def split_inputs(experiment, competition: Path, split: str, scratch: Path, worke
         from .prepare import prepare
         from .prepared import read_slices
 
-        attached = attached_prepared(experiment, input_root)
+        attached = attached_prepared(experiment, input_root, split, scratch)
         if attached is not None:
-            print(f"  {split}: prepared data attached at {attached / split}", flush=True)
-            table, failed = read_slices(attached / split)
-            return table.assign(status="ok"), attached / split, failed
+            print(f"  {split}: prepared data attached at {attached}", flush=True)
+            table, failed = read_slices(attached)
+            return table.assign(status="ok"), attached, failed
         print(f"  {split}: no prepared data attached: preparing it here (attach a prepare kernel's output to "
               "spare this session the time)", flush=True)
         result = prepare(source, scratch / split, _image_settings(experiment), workers=workers, show_progress=False,
@@ -228,9 +170,11 @@ def _banner(what: str) -> None:
 
 
 def kaggle_prepare(config: str | os.PathLike, input_root: str | os.PathLike = INPUT_ROOT,
-                   output: str | os.PathLike = OUTPUT_ROOT, workers: int | None = None) -> Path:
+                   output: str | os.PathLike = OUTPUT_ROOT, workers: int | None = None, part: int = 0,
+                   parts: int = 1) -> Path:
     """Prepare train and test at the config's image settings, packed, into ``output`` (a CPU
-    kernel: no GPU quota); resumable like ``prepare``. Returns the manifest."""
+    kernel: no GPU quota); only part ``part`` of ``parts`` of the image ids; resumable like
+    ``prepare``. Returns the manifest."""
     from .experiment import load_experiment
     from .prepare import prepare
 
@@ -239,22 +183,29 @@ def kaggle_prepare(config: str | os.PathLike, input_root: str | os.PathLike = IN
     competition = find_competition_dir(input_root)
     experiment = load_experiment(resolve_config(config, input_root))
     settings = _image_settings(experiment)
-    _banner(f"prepare {settings.describe()} for {experiment.name} from {competition}")
+    if not 0 <= part < parts:
+        raise UserError(f"part {part} of {parts}: a part is a number from 0 to {parts - 1}")
+    share = f", part {part} of {parts}" if parts > 1 else ""
+    _banner(f"prepare {settings.describe()} for {experiment.name} from {competition}{share}")
     counts = {}
     for split in ("train", "test"):
         result = prepare(competition / f"stage_2_{split}", output / split, settings, workers=workers or _env_workers(),
-                         show_progress=False, pack=True)
+                         show_progress=False, pack=True, part=(part, parts))
         print("  " + result.describe().replace("\n", "\n  "), flush=True)
         counts[split] = {"images": result.total - result.failed, "failed": result.failed}
         size = sum(p.stat().st_size for p in output.rglob("*") if p.is_file())
         if split == "train" and size * 1.2 > OUTPUT_LIMIT_BYTES:  # the test split is about a sixth of train
             raise UserError(f"the prepared train split takes {size / 1e9:.1f} GB: with test it would pass Kaggle's "
-                            f"20 GB output limit; use JPEG or a smaller [data] size")
-    manifest = {"kind": "ichkaggle-prepare", "settings": settings.as_json(), "counts": counts,
-                "bytes": size, "seconds": round(time.time() - started, 1)}
+                            f"20 GB output limit; use more parts (`ichkaggle plan` shows them), JPEG or a smaller "
+                            "[data] size")
+    images = sum(c["images"] for c in counts.values())
+    manifest = {"kind": "ichkaggle-prepare", "settings": settings.as_json(), "counts": counts, "part": part,
+                "parts": parts, "bytes": size, "bytes_per_image": round(size / max(images, 1)),
+                "seconds": round(time.time() - started, 1)}
     path = output / PREPARE_MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n")
-    print(f"done: {manifest['bytes'] / 1e9:.2f} GB in {output}", flush=True)
+    print(f"done: {images} images{share}, {manifest['bytes'] / 1e9:.2f} GB ({manifest['bytes_per_image']:,} bytes "
+          f"an image) in {output}", flush=True)
     return path
 
 

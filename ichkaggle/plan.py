@@ -1,10 +1,13 @@
-"""What an experiment will cost on Kaggle before anything is pushed: GPU-hours and sessions per fold.
+"""What an experiment will cost on Kaggle before anything is pushed: GPU-hours, sessions, wall clock, parts.
 
-Why: a Kaggle GPU session lasts at most 12 hours and the weekly GPU quota is about 30;
+Why: a Kaggle GPU session lasts at most 12 hours, an account runs at most 2 GPU sessions at
+once, the weekly GPU quota is about 30 hours and one kernel keeps at most 20 GB of output;
 EXP_00 as the seed ran it needs far more. The plan multiplies the images an experiment
-trains and scores by a throughput: measured by the latest finished session of that config
-on that accelerator when there is one (``push run`` records it), else an estimate from
-:data:`REFERENCE`, which says where its figures come from. No torch, no network here.
+trains and scores by a throughput, from the first source that has one (each plan line says
+which): the latest finished session of that config on that accelerator (``push run``
+records it), the user's ``--throughput``, the reference table :data:`REFERENCE` (which says
+where its figures come from), else a reference scaled by the model's FLOPs
+(:mod:`ichkaggle.kaggle_flops`, torch imported only then). No network here.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .files import write_atomic
+from .kaggle_parts import OUTPUT_LIMIT_BYTES, STAGE2_TEST_IMAGES, PartsPlan, plan_parts
 
 #: Kaggle's accelerator ids (``--accelerator``, ``machine_shape``): what each one is
 ACCELERATORS = {
@@ -29,6 +33,12 @@ STAGE2_TRAIN_IMAGES = 752_803
 SESSION_HOURS = 12.0
 #: kept free in each session: setup (install, reading labels) and saving the outputs
 SESSION_MARGIN_HOURS = 0.75
+#: the train kernel's saving margin (its MARGIN_MINUTES; ICHKAGGLE_MARGIN_MINUTES wins over it)
+MARGIN_MINUTES = 20.0
+#: a session killed at its limit is pushed again with this many times the margin
+KILLED_MARGIN_FACTOR = 3.0
+#: GPU batch sessions Kaggle runs at once per account (it refuses a push beyond them)
+MAX_GPU_SESSIONS = 2
 #: inference runs about 3x as many images a second as training (no backward pass)
 INFERENCE_SPEEDUP = 3.0
 #: Training img/s at 224 px with mixed precision, the whole run (loader, validation) included.
@@ -45,6 +55,7 @@ REFERENCE = {
 }
 REFERENCE_SOURCE = ("estimate: H200 model-alone measurement / 9 (T4 x2) or / 11 (P100), see "
                     "ichkaggle.plan.REFERENCE")
+REFERENCE_SIZE = 224
 
 
 @dataclass(frozen=True)
@@ -60,23 +71,45 @@ class Plan:
     source: str
     hours_per_fold: float
     sessions_per_fold: int
+    parts: PartsPlan | None = None
+    max_gpu_sessions: int = MAX_GPU_SESSIONS
+    session_hours: float = SESSION_HOURS
 
     @property
     def total_hours(self) -> float:
         return self.hours_per_fold * self.folds
 
-    def lines(self, quota: "Quota | None" = None) -> list[str]:
+    @property
+    def hours_per_session(self) -> float:
+        return min(self.session_hours, self.hours_per_fold / self.sessions_per_fold)
+
+    @property
+    def rounds(self) -> int:
+        return session_rounds(self.folds, self.sessions_per_fold, self.max_gpu_sessions)
+
+    def wall_clock(self) -> str:
+        """How long the run takes with at most ``max_gpu_sessions`` at once (rounds of sessions)."""
+        prepare = (f", after the prepare kernel(s) (~{self.parts.hours_per_part:.1f} h each, CPU, at once)"
+                   if self.parts else "")
+        return (f"~{self.rounds} round(s) of <= {self.session_hours:g} h ({self.folds} fold(s) x "
+                f"{self.sessions_per_fold} session(s), {self.max_gpu_sessions} at once; ~{self.hours_per_session:.1f} h "
+                f"each), then the infer kernel{prepare}")
+
+    def lines(self, quota: Quota | None = None) -> list[str]:
         out = [
             f"plan for {self.config} on {self.accelerator} ({ACCELERATORS.get(self.accelerator, 'not a known id')})",
             f"  images per epoch     {self.train_images:,} train, {self.valid_images:,} validation",
-            f"  epochs               {self.epochs}, then the kept model scores its {self.valid_fold:,}-image "
-            "validation fold with TTA",
+            (f"  epochs               {self.epochs}, then the kept model scores its {self.valid_fold:,}-image "
+             "validation fold with TTA"),
             f"  throughput           {self.img_per_s:,.0f} img/s training ({self.source})",
             f"  GPU-hours per fold   {self.hours_per_fold:.1f}",
-            f"  sessions per fold    {self.sessions_per_fold} (at most {SESSION_HOURS:g} h each, "
-            f"{SESSION_MARGIN_HOURS:g} h kept free)",
+            (f"  sessions per fold    {self.sessions_per_fold} (at most {self.session_hours:g} h each, "
+             f"{session_margin_hours(self.session_hours):g} h kept free)"),
             f"  folds                {self.folds}: {self.total_hours:.1f} GPU-hours in total",
+            f"  wall clock           {self.wall_clock()}",
         ]
+        if self.parts is not None:
+            out += self.parts.lines()
         if quota is not None:
             verdict = "fits" if self.total_hours <= quota.remaining else "does NOT fit"
             out.append(f"  weekly GPU quota     {quota.remaining:.1f} h remaining of {quota.total:.1f} h "
@@ -106,22 +139,83 @@ def record_throughput(out: str | os.PathLike, config: str, accelerator: str, img
     write_atomic(path, (json.dumps(records, indent=2) + "\n").encode())
 
 
-def make_plan(experiment, folds: int, accelerator: str, *, records: str | os.PathLike | None = None,
-              train_images: int = STAGE2_TRAIN_IMAGES) -> Plan:
-    """The plan of ``experiment`` over ``folds`` folds of a ``train_images`` training set."""
-    data = experiment.data
+def session_margin_hours(session_hours: float = SESSION_HOURS) -> float:
+    """What a session keeps free: 0.75 h of Kaggle's 12, in proportion for a shorter (rehearsal) session."""
+    return SESSION_MARGIN_HOURS * min(1.0, session_hours / SESSION_HOURS)
+
+
+def margin_minutes(session_hours: float = SESSION_HOURS, killed: bool = False) -> float:
+    """The train kernel's saving margin: 20 minutes of a 12-hour session (in proportion for a shorter
+    one), :data:`KILLED_MARGIN_FACTOR` times that when the session was killed at its limit before."""
+    minutes = MARGIN_MINUTES * min(1.0, session_hours / SESSION_HOURS)
+    return round(minutes * (KILLED_MARGIN_FACTOR if killed else 1.0), 3)
+
+
+def session_rounds(folds: int, sessions: int, at_once: int) -> int:
+    """Waves of sessions ``push run`` needs when each of ``folds`` folds is a chain of ``sessions``
+    sessions of equal length and at most ``at_once`` run together: the schedule it follows (the
+    lowest open fold first, a fold's next session as soon as its previous one ended), simulated."""
+    left = [sessions] * folds
+    rounds = 0
+    while any(left):
+        rounds += 1
+        for k in [k for k, n in enumerate(left) if n][:max(1, at_once)]:
+            left[k] -= 1
+    return rounds
+
+
+def in_channels(experiment) -> int:
+    """The model's input channels (as ``training.channels`` counts them, without importing torch)."""
+    n, context = len(experiment.data.windows), experiment.data.context
+    return n * (2 * context + 1) if context and experiment.data.context_recipe == "all" else n
+
+
+def throughput(experiment, accelerator: str, records: str | os.PathLike | None = None,
+               given: float | None = None) -> tuple[float, str]:
+    """(training img/s, where it comes from): a measured session, ``given``, the reference table, else
+    the nearest reference arch (by FLOPs) on that accelerator scaled by the FLOPs ratio: an estimate."""
+    arch, size = experiment.model.arch, experiment.data.size
     measured = [r for r in (_throughputs(records)[1] if records is not None else [])
                 if r["config"] == experiment.name and r["accelerator"] == accelerator]
     if measured:
-        ips, source = float(measured[-1]["img_per_s"]), f"measured by a session on {measured[-1]['date'][:10]}"
-    else:
-        reference = REFERENCE.get((experiment.model.arch, accelerator))
-        if reference is None:
-            known = sorted({arch for arch, _ in REFERENCE})
-            raise UserError(f"no throughput for {experiment.model.arch} on {accelerator}: no session of "
-                            f"{experiment.name} has run there, and the reference table knows {', '.join(known)} on "
-                            f"{', '.join(ACCELERATORS)}")
-        ips, source = reference * (224 / data.size) ** 2, REFERENCE_SOURCE
+        return float(measured[-1]["img_per_s"]), f"measured by a session on {measured[-1]['date'][:10]}"
+    if given:
+        return float(given), "given by --throughput"
+    if (arch, accelerator) in REFERENCE:
+        return REFERENCE[(arch, accelerator)] * (REFERENCE_SIZE / size) ** 2, REFERENCE_SOURCE
+    references = {a: ips for (a, acc), ips in REFERENCE.items() if acc == accelerator}
+    if not references:
+        raise UserError(f"no throughput for {arch} on {accelerator}: no session of {experiment.name} has run there "
+                        f"and the reference table has no figure for that accelerator (it knows "
+                        f"{', '.join(ACCELERATORS)}): pass --throughput IMG_PER_S")
+    from .kaggle_flops import forward_gflops
+
+    flops = forward_gflops(arch, size, in_channels(experiment), records)
+    ref_flops = {a: forward_gflops(a, REFERENCE_SIZE, 3, records) for a in sorted(references)}
+    nearest = min(ref_flops, key=lambda a: abs(math.log(ref_flops[a] / flops)))
+    ips = references[nearest] * ref_flops[nearest] / flops
+    return ips, (f"ESTIMATE: {nearest}'s reference ({references[nearest]:g} img/s at {REFERENCE_SIZE} px) scaled by "
+                 f"forward FLOPs, {arch} {flops:.3g} GFLOP at {size} px vs {ref_flops[nearest]:.3g}; FLOPs miss "
+                 "memory-bound layers: a measured session or --throughput replaces it")
+
+
+def make_plan(experiment, folds: int, accelerator: str, *, records: str | os.PathLike | None = None,
+              train_images: int = STAGE2_TRAIN_IMAGES, test_images: int = STAGE2_TEST_IMAGES,
+              throughput_given: float | None = None, max_gpu_sessions: int = MAX_GPU_SESSIONS,
+              session_hours: float = SESSION_HOURS, part_limit: float = OUTPUT_LIMIT_BYTES,
+              max_parts: int | None = None, parts: int | None = None) -> Plan:
+    """The plan of ``experiment`` over ``folds`` folds of a ``train_images`` training set (and its
+    ``test_images`` prepared too, in parts of at most ``part_limit`` bytes; ``parts`` forces a count,
+    ``max_parts`` is what a kernel can attach besides its other sources)."""
+    data = experiment.data
+    ips, source = throughput(experiment, accelerator, records, throughput_given)
+    parts_plan = None
+    if data.source != "dicom":  # the kernels decode the DICOMs themselves: nothing to prepare
+        from .kaggle_parts import MAX_SOURCES
+
+        fmt = "jpg" if len(data.windows) in (1, 3) else "png"  # as the prepare kernel picks it
+        parts_plan = plan_parts(fmt, len(data.windows), data.size, train_images + test_images, limit=part_limit,
+                                max_parts=max_parts or MAX_SOURCES, parts=parts)
     fold_train = round(train_images * (data.n_folds - 1) / data.n_folds)
     valid_fold = train_images - fold_train
     per_epoch = data.epoch_samples(fold_train)
@@ -131,6 +225,7 @@ def make_plan(experiment, folds: int, accelerator: str, *, records: str | os.Pat
     seconds = epochs * (per_epoch / ips + valid / (ips * INFERENCE_SPEEDUP)) + valid_fold * tta / (
         ips * INFERENCE_SPEEDUP)
     hours = seconds / 3600
-    sessions = max(1, math.ceil(hours / (SESSION_HOURS - SESSION_MARGIN_HOURS)))
+    margin = session_margin_hours(session_hours)
+    sessions = max(1, math.ceil(hours / (session_hours - margin)))
     return Plan(experiment.name, accelerator, folds, per_epoch, valid, valid_fold, epochs, ips, source,
-                hours + sessions * SESSION_MARGIN_HOURS, sessions)
+                hours + sessions * margin, sessions, parts_plan, max_gpu_sessions, session_hours)

@@ -5,7 +5,14 @@ It speaks the wire protocol of kaggle 2.2.5 / kagglesdk 0.1.38 (see KAGGLE_API_N
 (``PUT /upload/<token>``) and download URLs (``GET /files/<id>``) without auth. It runs
 in a thread on 127.0.0.1 on an ephemeral port, records every request, keeps what was
 uploaded, and can be told to fail: a status for the next N calls of a method, kernels that
-end in ERROR, submissions that end in ERROR, a SaveKernel ``error`` field.
+end in ERROR, submissions that end in ERROR, a SaveKernel ``error`` field, Kaggle's cap on GPU
+sessions at once.
+
+Its kernels follow scripted statuses and outputs, unless :meth:`FakeKaggle.run_kernels` is
+called: then every pushed kernel really runs, in :class:`ichkaggle.kaggle_sandbox.Sandbox`
+(the executor ``push run --local`` uses), with the datasets made through this server as the
+folders it mounts, its statuses, outputs and log as Kaggle reports them, Kaggle's GPU cap as
+SaveKernel's ``error``, and submissions scored against the competition's test labels.
 """
 
 from __future__ import annotations
@@ -13,9 +20,12 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 
@@ -40,6 +50,12 @@ class Kernel:
     failure_message: str = ""
     outputs: dict = field(default_factory=dict)  # file name -> bytes
     log: str = ""
+    gpu: bool = False
+
+    @property
+    def running(self) -> bool:
+        """Its version has not reached the end of its status script yet (nobody looked that far)."""
+        return bool(self.statuses) and self.statuses[0] not in ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 
 
 @dataclass
@@ -74,6 +90,11 @@ class FakeKaggle:
         self.kernel_outputs: dict[str, object] = {}
         self.kernel_failure: dict[str, str] = {}
         self.save_kernel_error: str = ""
+        #: Kaggle's cap on GPU batch sessions at once (None: no cap); the next ``busy_pushes`` GPU pushes
+        #: are refused as if another notebook of the account held the sessions
+        self.gpu_cap: int | None = None
+        self.busy_pushes = 0
+        self.most_gpu_running = 0  # the most GPU versions running at once, as pushes saw it
         self.datasets: dict[str, list[dict]] = {}  # ref -> versions: {"files": {name: bytes}, "notes": str}
         self.dataset_status_answer = "Ok"
         self.blobs: dict[str, dict] = {}
@@ -83,6 +104,19 @@ class FakeKaggle:
         self.submission_scores = ("0.07123", "0.07456")
         self.submission_error = "Submission CSV has the wrong number of rows"
         self.create_submission_message = "Successfully submitted to RSNA Intracranial Hemorrhage Detection"
+        #: GetSubmissionLimits' answer (camelCase fields); None: counted from the submissions made here
+        #: against ``submissions_per_day`` (a fresh account, before its first submission, answers all zero)
+        self.submission_limits: dict | None = None
+        self.submissions_per_day = 5
+        #: ListSubmissions: rows per page at most (the client asks for 20), the account's earlier
+        #: submissions (made before the ones here) and the order (Kaggle's: newest first)
+        self.list_page_size = 20
+        self.earlier_submissions = 0
+        self.list_newest_first = True
+        #: set by run_kernels: pushed kernels really run there (see the module docstring)
+        self.sandbox = None
+        self.competition_dir: Path | None = None
+        self.dataset_folders: dict[str, Path] = {}
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -103,6 +137,8 @@ class FakeKaggle:
         return self
 
     def stop(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.stop_all()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -122,6 +158,31 @@ class FakeKaggle:
         ``Retry-After`` header when given)."""
         self.failures.setdefault(rpc, []).extend([(status, body, retry_after)] * times)
 
+    def run_kernels(self, root, competition, limits=None, overrides: dict | None = None):
+        """From now on pushed kernels really run, under ``root``, with ``competition`` attached as
+        Kaggle's; ``overrides``: the sandbox's per-kernel test hooks. Returns the sandbox."""
+        from ichkaggle.kaggle_api import COMPETITION
+        from ichkaggle.kaggle_sandbox import Limits, Sandbox
+
+        self.competition_dir = Path(competition)
+        self.sandbox = Sandbox(Path(root), limits or Limits(), competitions={COMPETITION: self.competition_dir},
+                               datasets=self.dataset_folders, overrides=overrides or {})
+        for ref, versions in self.datasets.items():
+            self._materialise(ref, versions[-1]["files"])
+        return self.sandbox
+
+    def _materialise(self, ref: str, files: dict[str, bytes]) -> None:
+        """A dataset version as the folder a kernel mounts."""
+        if self.sandbox is None:
+            return
+        folder = self.sandbox.root / "datasets" / ref
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        self.dataset_folders[ref] = folder
+
     def calls(self, rpc: str) -> list[Recorded]:
         return [r for r in self.requests if r.rpc == rpc]
 
@@ -135,9 +196,9 @@ class FakeKaggle:
 
     # ------------------------------------------------------------------ handlers
 
-    def _serve_file(self, data: bytes) -> str:
+    def _serve_file(self, data: bytes | Path) -> str:
         token = f"f{next(self._tokens)}"
-        self.files[token] = data
+        self.files[token] = data  # a path is read when downloaded
         return f"{self.url}/files/{token}"
 
     def _new_upload(self, name: str, length: int) -> dict:
@@ -151,11 +212,55 @@ class FakeKaggle:
             return 404, {"code": 404, "message": f"fake: no method {name}"}
         return 200, handler(body)
 
+    def _gpu_refusal(self, body: dict) -> str:
+        if not body.get("enableGpu"):
+            return ""
+        running = sum(k.gpu and k.running for k in self.kernels.values())
+        if self.busy_pushes > 0 or (self.gpu_cap is not None and running >= self.gpu_cap):
+            self.busy_pushes = max(0, self.busy_pushes - 1)
+            return f"Maximum batch GPU session count of {self.gpu_cap or 2} reached."
+        self.most_gpu_running = max(self.most_gpu_running, running + 1)
+        return ""
+
+    def _run_kernel(self, body: dict) -> dict:
+        """SaveKernel when kernels really run: what the client sent, as a folder, started in the sandbox."""
+        from ichkaggle.kaggle_sandbox import Refused
+
+        slug = body["slug"]
+        folder = self.sandbox.root / "pushed" / slug / str(len(self.calls("SaveKernel")))
+        folder.mkdir(parents=True)
+        (folder / "script.py").write_text(body.get("text", ""))
+        meta = {"id": slug, "title": body.get("newTitle"), "code_file": "script.py", "language": body.get("language"),
+                "kernel_type": body.get("kernelType"), "enable_gpu": bool(body.get("enableGpu")),
+                "enable_internet": bool(body.get("enableInternet")), "machine_shape": body.get("machineShape"),
+                "dataset_sources": body.get("datasetDataSources", []),
+                "competition_sources": body.get("competitionDataSources", []),
+                "kernel_sources": body.get("kernelDataSources", [])}
+        (folder / "kernel-metadata.json").write_text(json.dumps(meta))
+        try:
+            version = self.sandbox.start(folder)
+        except Refused as refused:
+            if refused.error:
+                return {"error": refused.error}
+            names = {"dataset_sources": "invalidDatasetSources", "competition_sources": "invalidCompetitionSources",
+                     "kernel_sources": "invalidKernelSources"}
+            return {names[k]: v for k, v in refused.invalid.items()}
+        kernel = self.kernels.setdefault(slug, Kernel(slug))
+        kernel.versions.append(body)
+        kernel.gpu = meta["enable_gpu"]
+        return {"ref": f"/code/{slug}", "url": f"https://www.kaggle.com/code/{slug}", "versionNumber": version}
+
     def _rpc_SaveKernel(self, body: dict) -> dict:
         if self.save_kernel_error:
             return {"error": self.save_kernel_error}
+        if self.sandbox is not None:
+            return self._run_kernel(body)
+        refusal = self._gpu_refusal(body)
+        if refusal:
+            return {"error": refusal}
         slug = body["slug"]
         kernel = self.kernels.setdefault(slug, Kernel(slug))
+        kernel.gpu = bool(body.get("enableGpu"))
         kernel.versions.append(body)
         name = slug.split("/")[1]
         queued = self.kernel_script_queue.get(name)
@@ -172,10 +277,17 @@ class FakeKaggle:
     def _kernel(self, body: dict) -> Kernel | None:
         return self.kernels.get(f"{body.get('userName')}/{body.get('kernelSlug')}")
 
+    def _version(self, body: dict) -> int | None:
+        label = str(body.get("versionLabel") or "")
+        return int(label[1:]) if label.startswith("v") and label[1:].isdigit() else None
+
     def _rpc_GetKernelSessionStatus(self, body: dict):
         kernel = self._kernel(body)
         if kernel is None:
             return _Error(404, "kernel not found")
+        if self.sandbox is not None:
+            status, failure = self.sandbox.status(kernel.slug, self._version(body))
+            return {"status": status, **({"failureMessage": failure} if failure else {})}
         status = kernel.statuses.pop(0) if len(kernel.statuses) > 1 else kernel.statuses[0]
         answer = {"status": status}
         if status == "ERROR" and kernel.failure_message:
@@ -186,13 +298,19 @@ class FakeKaggle:
         kernel = self._kernel(body)
         if kernel is None:
             return _Error(404, "kernel not found")
+        if self.sandbox is not None:
+            version = self._version(body)
+            files = [{"fileName": name, "url": self._serve_file(path)}
+                     for name, path in self.sandbox.output_files(kernel.slug, version)]
+            return {"files": files, "log": self.sandbox.log_json(kernel.slug, version)}
         files = [{"fileName": name, "url": self._serve_file(data)} for name, data in sorted(kernel.outputs.items())]
         return {"files": files, "log": kernel.log}
 
     def _rpc_GetAcceleratorQuotaStatistics(self, body: dict) -> dict:
         hours = lambda h: f"{int(round(h * 3600))}s"  # noqa: E731 - a protobuf Duration
+        used = self.quota_used + (self.sandbox.gpu_hours_used() if self.sandbox is not None else 0.0)
         return {"quotaRefreshTime": "2026-12-01T00:00:00.000Z",
-                "gpuQuota": {"timeUsed": hours(self.quota_used), "totalTimeAllowed": hours(self.quota_total)}}
+                "gpuQuota": {"timeUsed": hours(used), "totalTimeAllowed": hours(self.quota_total)}}
 
     def _rpc_StartBlobUpload(self, body: dict) -> dict:
         return self._new_upload(body["name"], int(body.get("contentLength", 0)))
@@ -226,6 +344,7 @@ class FakeKaggle:
         if self.dataset_status_answer.lower() != "ok":
             return {"status": self.dataset_status_answer, "error": "fake: the dataset version was refused"}
         self.datasets[ref].append({"files": files, "notes": inner.get("versionNotes", "")})
+        self._materialise(ref, files)
         return {"ref": f"/datasets/{ref}", "url": f"https://www.kaggle.com/datasets/{ref}", "status": "Ok"}
 
     def _rpc_CreateDataset(self, body: dict):
@@ -235,6 +354,7 @@ class FakeKaggle:
             return files
         self.datasets[ref] = [{"files": files, "notes": "initial", "title": body.get("title"),
                                "private": body.get("isPrivate", False)}]
+        self._materialise(ref, files)
         return {"ref": f"/datasets/{ref}", "url": f"https://www.kaggle.com/datasets/{ref}", "status": "Ok"}
 
     def _rpc_CreateSubmission(self, body: dict):
@@ -244,24 +364,55 @@ class FakeKaggle:
         (name, data), = files.items()
         ref = 1000 + len(self.submissions)
         sub = Submission(ref, name, body.get("submissionDescription", ""), data, list(self.submission_script))
+        if self.competition_dir is not None:  # scored for real, as Kaggle scores a competition's submission
+            from ichkaggle.kaggle_local import score_submission
+
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / name).write_bytes(data)
+                sub.public_score, sub.private_score, sub.error_description = score_submission(
+                    Path(tmp) / name, self.competition_dir)
+            sub.statuses = ["PENDING", "ERROR" if sub.error_description else "COMPLETE"]
         self.submissions.append(sub)
         return {"message": self.create_submission_message, "ref": ref}
 
     def _rpc_GetSubmissionLimits(self, body: dict) -> dict:
-        return {}
+        if self.submission_limits is not None:
+            return dict(self.submission_limits)
+        made = len(self.submissions) + self.earlier_submissions
+        if not made:
+            return {}  # not on a team yet: every count is zero
+        return {"numToday": len(self.submissions), "numTotal": made,
+                "numAllowedNow": max(0, self.submissions_per_day - len(self.submissions))}
+
+    def _row(self, sub: Submission) -> dict:
+        """A submission as the API describes it; each look advances its status script."""
+        status = sub.statuses.pop(0) if len(sub.statuses) > 1 else sub.statuses[0]
+        row = {"ref": sub.ref, "date": "2024-01-01T00:00:00.000Z", "description": sub.description,
+               "fileName": sub.file_name, "status": status, "totalBytes": len(sub.data)}
+        if status == "COMPLETE":
+            row.update(publicScore=sub.public_score or self.submission_scores[0],
+                       privateScore=sub.private_score or self.submission_scores[1])
+        if status == "ERROR":
+            row["errorDescription"] = sub.error_description or self.submission_error
+        return row
+
+    def _rpc_GetSubmission(self, body: dict):
+        sub = next((s for s in self.submissions if s.ref == int(body.get("ref", 0))), None)
+        if sub is None:
+            return _Error(404, f"submission {body.get('ref')} not found")
+        return self._row(sub)
 
     def _rpc_ListSubmissions(self, body: dict) -> dict:
-        rows = []
-        for sub in reversed(self.submissions):
-            status = sub.statuses.pop(0) if len(sub.statuses) > 1 else sub.statuses[0]
-            row = {"ref": sub.ref, "date": "2024-01-01T00:00:00.000Z", "description": sub.description,
-                   "fileName": sub.file_name, "status": status, "totalBytes": len(sub.data)}
-            if status == "COMPLETE":
-                row.update(publicScore=self.submission_scores[0], privateScore=self.submission_scores[1])
-            if status == "ERROR":
-                row["errorDescription"] = self.submission_error
-            rows.append(row)
-        return {"submissions": rows}
+        start = int(body.get("pageToken") or 0)
+        size = min(int(body.get("pageSize") or 20), self.list_page_size)
+        listed = [n for n in range(self.earlier_submissions)] + list(self.submissions)  # oldest first
+        listed = listed[::-1] if self.list_newest_first else listed
+        rows = [self._row(item) if isinstance(item, Submission) else
+                {"ref": 100 + item, "date": "2023-01-01T00:00:00.000Z", "description": f"earlier {item}",
+                 "fileName": "old.csv", "status": "COMPLETE", "publicScore": "0.1", "privateScore": "0.1"}
+                for item in listed[start:start + size]]
+        more = start + size < len(listed)
+        return {"submissions": rows, **({"nextPageToken": str(start + size)} if more else {})}
 
 
 @dataclass
@@ -341,6 +492,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         self._record("", b"")
         data = self.fake.files.get(path.rsplit("/", 1)[-1]) if path.startswith("/files/") else None
+        if isinstance(data, Path):
+            data = data.read_bytes() if data.is_file() else None
         if data is None:
             return self._send(404, {"code": 404, "message": "no such file"})
         self._send(200, data, "application/octet-stream")

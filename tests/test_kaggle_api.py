@@ -20,6 +20,7 @@ from ichkaggle.kaggle_api import (  # noqa: E402
     Credentials,
     KaggleError,
     KaggleSession,
+    SubmissionLimits,
     basic_auth_header,
     find_credentials,
     poll,
@@ -381,3 +382,78 @@ def test_poll_backs_off_to_a_bound_and_gives_up():
         poll(lambda: "RUNNING", lambda v: False, what="k", first=10, longest=60, timeout=100, sleep=sleep,
              clock=lambda: now[0])
     assert sum(sleeps) <= 100
+
+
+# ----------------------------------------------------------------------------- Kaggle's limits at the edge
+
+
+def test_the_gpu_session_cap_is_busy_not_a_refusal(kaggle_env, tmp_path):
+    fake = kaggle_env
+    fake.save_kernel_error = "Maximum batch GPU session count of 2 reached."
+    with pytest.raises(KaggleError, match="Maximum batch GPU session count of 2 reached") as info:
+        _session(fake).push_kernel(_kernel_folder(tmp_path))
+    assert info.value.kind == "busy"
+
+
+def test_a_submission_is_followed_by_its_ref_whatever_page_the_list_shows_it_on(kaggle_env, tmp_path):
+    fake = kaggle_env
+    session = _session(fake)
+    assert session.submission_limits() == SubmissionLimits(0, 0, 0, False)  # not on a team yet: allowed
+    assert not session.submission_limits().exhausted
+    fake.earlier_submissions, fake.list_newest_first = 25, False  # ours is on the list's second page
+    fake.submission_script = ["PENDING", "PENDING", "COMPLETE"]
+    csv = tmp_path / "s.csv"
+    csv.write_text("ID,Label\n")
+    ref = session.submit(csv, "beyond the first page")
+    assert ref not in {s.ref for s in session.submissions()} and len(session.submissions()) == 20
+    info = session.wait_submission(ref, first=0.01)
+    assert (info.ref, info.status, info.public_score, info.private_score) == (ref, "COMPLETE", "0.07123", "0.07456")
+    assert info.date.startswith("2024-01-01") and [c.json["ref"] for c in fake.calls("GetSubmission")][-1] == ref
+    limits = session.submission_limits()
+    assert (limits.num_today, limits.num_total, limits.num_allowed_now) == (1, 26, 4) and not limits.exhausted
+    fake.submission_limits = {"numToday": 5, "numTotal": 30}  # the day's allowance is spent
+    assert session.submission_limits().exhausted and "5 today, 30 in all, 0 allowed now" in \
+        session.submission_limits().describe()
+
+
+def test_a_timed_out_call_never_prints_to_the_real_streams(kaggle_env, capsys):
+    """The worker of a call that timed out prints later (the key, say): it must go nowhere visible,
+    while the main thread's own output still shows."""
+    import threading
+
+    fake = kaggle_env
+    logged = []
+    session = KaggleSession(find_credentials(), timeout=0.2, attempts=1, log=logged.append)
+    release, printed = threading.Event(), threading.Event()
+
+    def slow():
+        release.wait(10)
+        print(f"late output with the key {fake.key}")
+        print(f"and on stderr {fake.key}", file=sys.stderr)
+        printed.set()
+
+    with pytest.raises(KaggleError, match="no answer.*within 0.2s"):
+        session.call("a slow call", slow)
+    print("the main thread goes on")
+    release.set()
+    assert printed.wait(10)
+    print("and still prints")
+    out = capsys.readouterr()
+    assert "the main thread goes on" in out.out and "and still prints" in out.out
+    assert fake.key not in out.out + out.err and "late output" not in out.out + out.err
+    assert all(fake.key not in line for line in logged)
+
+
+def test_what_a_call_prints_is_scrubbed_and_logged(kaggle_env, capsys):
+    fake = kaggle_env
+    logged = []
+    session = KaggleSession(find_credentials(), log=logged.append)
+
+    def chatty():
+        print(f"progress with the key {fake.key}")
+        return 42
+
+    assert session.call("a chatty call", chatty) == 42
+    out = capsys.readouterr()
+    assert "progress" not in out.out + out.err and fake.key not in out.out + out.err
+    assert logged == ["progress with the key [REDACTED]"]

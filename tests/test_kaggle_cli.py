@@ -134,9 +134,17 @@ def test_a_kernel_ending_in_error_exits_non_zero_with_its_log(work, tmp_path, ca
 
 
 def test_save_kernel_error_exits_non_zero(work, capsys):
-    work.save_kernel_error = "Maximum number of concurrent GPU sessions reached"
+    work.save_kernel_error = "Notebook exceeds the maximum GPU quota"
     assert main(["push", "kernel", "train", "--folds", "1"]) == 2
-    assert "refused it: Maximum number of concurrent GPU sessions reached" in capsys.readouterr().err
+    assert "refused it: Notebook exceeds the maximum GPU quota" in capsys.readouterr().err
+
+
+def test_a_kernel_pushed_by_hand_beyond_the_gpu_cap_says_how_to_queue(work, capsys):
+    work.gpu_cap = 2
+    assert main(["push", "kernel", "train", "--folds", "0-2"]) == 2
+    err = capsys.readouterr().err
+    assert "Maximum batch GPU session count of 2 reached." in err and "`ichkaggle push run` queue them" in err
+    assert len(work.kernels) == 2
 
 
 def test_a_config_missing_from_the_bundle_is_refused_before_pushing(work, tmp_path, capsys):
@@ -397,18 +405,23 @@ def test_the_quota_running_out_midway_stops_clearly_with_the_state_kept(work, tm
     fake.kernel_outputs["ichkaggle-infer"] = _infer_outputs(tmp_path)
     fake.quota_total, fake.hours_per_gpu_session = 40.0, 11.0  # each GPU session uses 11 h of it
     args = ["push", "run", "--folds", "0-1", "--out", str(tmp_path / "runs"), "-m", "x", "--force", *FAST]
-    assert main(args) == 2  # --force starts a plan larger than the quota; a round it cannot pay still stops
+    assert main(args) == 2  # --force starts a plan larger than the quota; a push it cannot pay still stops
     err = capsys.readouterr().err
-    assert "the weekly GPU quota has 18.0 h left and the next sessions need up to 24.0 h" in err
+    # a push must leave room for itself and the sessions in flight (up to 11.0 h each, the plan says):
+    # 40 -> 29 -> 18 h left; fold 0's s2 (alone in flight) leaves 7, too few for fold 1's s2 beside it
+    assert ("the weekly GPU quota has 7.0 h left and fold 1's next session (with the 1 in flight) needs up to "
+            "21.9 h") in err
     assert "nothing lost" in err and "after the quota refreshes (2026-12-01T00:00)" in err
     state = json.loads((tmp_path / "runs" / "exp_00-folds0-1.json").read_text())
-    assert state["sessions"] == {"0": {"session": 2, "complete": False}, "1": {"session": 2, "complete": False}}
-    assert [s for s in _slugs(fake) if "train" in s] == ["ichkaggle-train-fold0-s1", "ichkaggle-train-fold1-s1"]
+    assert state["sessions"] == {"0": {"session": 3, "complete": False}, "1": {"session": 2, "complete": False}}
+    assert [s for s in _slugs(fake) if "train" in s] == ["ichkaggle-train-fold0-s1", "ichkaggle-train-fold1-s1",
+                                                         "ichkaggle-train-fold0-s2"]
     fake.quota_used = 0.0  # the quota refreshed: the same command goes on where it stopped
     fake.quota_total = 100.0
     assert main(args) == 0
-    assert [s for s in _slugs(fake) if "train" in s] == [f"ichkaggle-train-fold{k}-s{n}" for n in (1, 2, 3)
-                                                         for k in (0, 1)]
+    assert [s for s in _slugs(fake) if "train" in s] == [
+        "ichkaggle-train-fold0-s1", "ichkaggle-train-fold1-s1", "ichkaggle-train-fold0-s2", "ichkaggle-train-fold0-s3",
+        "ichkaggle-train-fold1-s2", "ichkaggle-train-fold1-s3"]
     assert len(fake.submissions) == 1 and sum("prepare" in s for s in _slugs(fake)) == 1
 
 

@@ -3,8 +3,9 @@
 The file is checked first and an invalid file is never uploaded: with --sample against the
 sample submission (every sample ID once, six rows per image, numbers in [0, 1]); without
 it for consistency only. --dry-run stops after the check and shows what would be sent and
-as whom. --wait polls the submissions list until the submission is COMPLETE (its public and
-private scores are printed) or ERROR (a non-zero exit with Kaggle's reason). Connection
+as whom. Before uploading, the day's allowance is read (GetSubmissionLimits): when none is left
+it stops, nothing uploaded. --wait follows the submission by its ref until it is COMPLETE (its
+public and private scores are printed) or ERROR (a non-zero exit with Kaggle's reason). Connection
 errors and 5xx answers are retried a bounded number of times; 401/403 and a refused
 submission are clear errors with a non-zero exit. Credentials: KAGGLE_USERNAME and
 KAGGLE_KEY, or kaggle.json in ~/.kaggle (see docs/kaggle.md).
@@ -33,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..kaggle_api import KaggleSession, find_credentials
-    from ..kaggle_flow import Polling, check_csv, submit_csv
+    from ..kaggle_results import Polling
+    from ..kaggle_submit import check_csv, submit_csv
 
     polling = Polling(first=args.poll, longest=max(args.poll, 60.0), submission_timeout=args.max_wait)
     lines = check_csv(args.submission_csv, args.sample)  # before credentials: an invalid file stops here

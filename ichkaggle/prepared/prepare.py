@@ -188,14 +188,21 @@ def _layout_check(out: Path, pack: bool) -> None:
 
 
 def prepare(src: str | os.PathLike, out: str | os.PathLike, settings: PrepareSettings, workers: int | None = None,
-            show_progress: bool = True, chunk: int = 16, pack: bool = False) -> PrepareResult:
+            show_progress: bool = True, chunk: int = 16, pack: bool = False,
+            part: tuple[int, int] | None = None) -> PrepareResult:
     """Run the whole batch; safe to interrupt and run again with the same arguments.
 
     ``pack`` writes the images into shards (:mod:`ichkaggle.prepared.shards`) instead of one file each;
     a metadata row is journalled once its image is durable (its file renamed, its shard closed).
+    ``part`` = (i, n) prepares only the files of part i of n (:func:`ichkaggle.kaggle_parts.part_of`):
+    one of the prepare kernels a set too large for one kernel's output is split over.
     """
     out = Path(out)
     sources = find_dicoms(src)
+    if part is not None and part[1] > 1:
+        from .kaggle_parts import part_of
+
+        sources = [p for p in sources if part_of(p.stem, part[1]) == part[0]]
     ids = [p.stem for p in sources]
     duplicates = pd.Series(ids)[pd.Series(ids).duplicated()].unique()
     if len(duplicates):

@@ -3,7 +3,9 @@
 Runs without a GPU (no GPU quota spent on DICOM decoding) and with the internet off. Installs
 the package from the ichkaggle-src dataset and calls ichkaggle.kaggle_kernel.kaggle_prepare;
 its output (two packed folders + ichkaggle_prepare.json, ~11 GB for stage 2 at 224 px JPEG)
-is attached to the train and infer kernels. `ichkaggle push` writes CONFIG below.
+is attached to the train and infer kernels. A setting too large for one kernel's 20 GB output
+is split over PARTS kernels, each preparing the image ids of its PART. `ichkaggle push` writes
+CONFIG, PART and PARTS below.
 """
 import glob
 import importlib
@@ -12,6 +14,8 @@ import subprocess
 import sys
 
 CONFIG = "exp_00"
+PART = 0
+PARTS = 1
 
 INPUT = os.environ.get("ICHKAGGLE_INPUT", "/kaggle/input")
 OUTPUT = os.environ.get("ICHKAGGLE_OUTPUT", "/kaggle/working")
@@ -34,4 +38,5 @@ def install_package():
 install_package()
 from ichkaggle.kaggle_kernel import kaggle_prepare  # noqa: E402
 
-kaggle_prepare(os.environ.get("ICHKAGGLE_CONFIG", CONFIG), INPUT, OUTPUT)
+part, parts = int(os.environ.get("ICHKAGGLE_PART", PART)), int(os.environ.get("ICHKAGGLE_PARTS", PARTS))
+kaggle_prepare(os.environ.get("ICHKAGGLE_CONFIG", CONFIG), INPUT, OUTPUT, part=part, parts=parts)

@@ -4,8 +4,9 @@ Installs the package from the ichkaggle-src dataset (the bundled wheel, no index
 dependencies: Kaggle's image has them) and calls ichkaggle.kaggle_kernel.kaggle_train, which
 uses the attached prepare kernel's output, continues an attached earlier session of the
 fold, trains on every GPU until the session is nearly over and says whether the fold is
-complete. `ichkaggle push` writes CONFIG and FOLD below; the ICHKAGGLE_* variables let a
-local run point it at another tree than /kaggle.
+complete. `ichkaggle push` writes CONFIG, FOLD and MARGIN_MINUTES (the minutes kept free for
+saving; larger when a session was killed at its limit) below; the ICHKAGGLE_* variables, which
+win over them, let a local run point it at another tree than /kaggle.
 """
 import time
 
@@ -19,9 +20,11 @@ import sys  # noqa: E402
 
 CONFIG = "exp_00"
 FOLD = 0
+MARGIN_MINUTES = 20
 
 INPUT = os.environ.get("ICHKAGGLE_INPUT", "/kaggle/input")
 OUTPUT = os.environ.get("ICHKAGGLE_OUTPUT", "/kaggle/working")
+os.environ.setdefault("ICHKAGGLE_MARGIN_MINUTES", str(MARGIN_MINUTES))
 
 
 def install_package():
