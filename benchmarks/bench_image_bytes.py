@@ -6,8 +6,8 @@ on the content (the scan circle, bone, noise), so synthetic phantoms would not d
 each real slice exactly as ``prepare`` writes it (``render`` + ``encode``, JPEG quality 95 4:2:0,
 PNG compression 1 without filter) and prints, per size and format, the mean and the 95th
 percentile, and the milliseconds the render + encode took per slice on one thread (prepare's
-time per part: the plan adds the read, measured here too), with the date and the machine. ``--json`` writes the figures the plan reads
-(``ichkaggle/configs/image_bytes.json``).
+time per part: the plan adds the read, measured here too), with the date and the machine.
+``--json`` writes the figures the plan reads (``ichkaggle/configs/image_bytes.json``).
 
     python benchmarks/bench_image_bytes.py [--real ../shared/real-sample] [--json ichkaggle/configs/image_bytes.json]
 """
@@ -32,9 +32,9 @@ SETTINGS = (("jpg", ("brain", "subdural", "bone")), ("png", ("brain", "subdural"
 
 
 def measure(files: list[Path], size: int, fmt: str, windows: tuple[str, ...], decoded: list) -> dict:
-    from ichkaggle.prepare import encode, render
-    from ichkaggle.prepared import PrepareSettings
-    from ichkaggle.windowing import parse_windows
+    from ichkaggle.ct.windowing import parse_windows
+    from ichkaggle.prepared.prepare import encode, render
+    from ichkaggle.prepared.reader import PrepareSettings
 
     settings = PrepareSettings(size=size, windows=parse_windows(list(windows)), format=fmt)
     started = time.perf_counter()
@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as the plan's data file")
     args = parser.parse_args(argv)
 
-    from ichkaggle.dicom import read_stored
-    from ichkaggle.prepare import one_thread
+    from ichkaggle.ct.dicom import read_stored
+    from ichkaggle.prepared.prepare import one_thread
 
     files = sorted(args.real.glob("*.dcm"))
     if not files:

@@ -86,9 +86,9 @@ def main(argv=None) -> int:
 
     import torch
 
+    from ichkaggle.prepared.pack import pack_folder
     from ichkaggle.prepared.prepare import PrepareSettings, prepare
     from ichkaggle.prepared.reader import read_slices
-    from ichkaggle.prepared.pack import pack_folder
     from ichkaggle.synth.dataset import load_config, synthesize
     from ichkaggle.tables.folds import add_fold_column
     from ichkaggle.tables.labels import read_labels_csv

@@ -121,21 +121,22 @@ def main(argv=None) -> int:
         for label, src in sources.items():
             files = sorted(src.glob("*.dcm"))
 
-            def best(fn):
+            def best(fn, count=len(files)):
                 times = []
-                for i in range(args.repeat):
+                for _ in range(args.repeat):
                     target = work / f"run{time.perf_counter_ns()}"
                     times.append(fn(target))
                     shutil.rmtree(target, ignore_errors=True)
-                return min(times) / len(files) * 1000
+                return min(times) / count * 1000
 
-            seed_ms = best(lambda target: seed_way(files, target, args.size))
+            seed_ms = best(lambda target, files=files: seed_way(files, target, args.size))
             print(f"| {label} | seed notebook | png | files | 1 | {seed_ms:.2f} | 1.0x |")
             one = {}
             for fmt, pack in (("png", False), ("jpg", False), ("png", True), ("jpg", True)):
                 layout = "packed" if pack else "files"
                 for workers in (1, 2):
-                    ms = best(lambda target: ichkaggle_way(src, target, args.size, fmt, workers, pack))
+                    ms = best(lambda target, src=src, fmt=fmt, workers=workers, pack=pack:
+                              ichkaggle_way(src, target, args.size, fmt, workers, pack))
                     one.setdefault((fmt, pack), ms)
                     print(f"| {label} | ichkaggle prepare | {fmt} | {layout} | {workers} | {ms:.2f} | "
                           f"{seed_ms / ms:.1f}x |")

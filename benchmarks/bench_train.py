@@ -121,7 +121,7 @@ def measure(args, work: Path, table) -> list[dict]:
         n_train = bs * args.batches
         rows = np.arange(n_train) % len(table)
         valid = np.arange(max(bs, n_train // 10)) % len(table)
-        targets = table.assign(**{label: 0 for label in LABELS})[list(LABELS)].to_numpy(np.float32)
+        targets = table.assign(**dict.fromkeys(LABELS, 0))[list(LABELS)].to_numpy(np.float32)
         dls = DataLoaders(loader(experiment, Rows(images, rows), targets[rows], train=True),
                           loader(experiment, Rows(images, valid), targets[valid]), device=device)
         learn = build_learner(dls, experiment, work, pretrained=False)

@@ -20,7 +20,6 @@ from .competition import check_competition_dir
 from .experiment import Experiment, load_experiment
 
 
-
 @dataclass
 class DemoResult:
     workdir: Path
@@ -65,10 +64,10 @@ def competition_data(workdir: Path, data, n_train: int, n_test: int, seed: int, 
 
 def prepare_both(data: Path, out: Path, experiment: Experiment, workers: int | None, stage: Stages) -> None:
     """Train and test slices, packed (a resumed run skips what is done)."""
-    from .ct.windowing import parse_windows
-    from .prepared.prepare import PrepareSettings, prepare
+    from .prepared.prepare import prepare
+    from .prepared.reader import settings_for
 
-    settings = PrepareSettings(size=experiment.data.size, windows=parse_windows(list(experiment.data.windows)))
+    settings = settings_for(experiment.data)
     stage(f"prepare: {settings.describe()}, packed")
     for split in ("train", "test"):
         result = prepare(data / f"stage_2_{split}", out / split, settings, workers=workers, pack=True)

@@ -55,6 +55,9 @@ class DataConfig:
     #: bitwise-reproducible GPU kernels (cuDNN deterministic) instead of the fastest (cuDNN benchmark)
     deterministic: bool = False
     windows: tuple[str, ...] = ("brain", "subdural", "bone")
+    #: the prepared images' format: "jpg", "png", "npy", or "auto" (JPEG for 1 or 3 windows, else
+    #: PNG, when preparing; any format of the right size and windows, when reading)
+    image_format: str = "auto"
     source: str = "images"  # "images" (prepare's output) or "dicom" (decode in the loader)
     flip: bool = True
     max_rotate: float = 10.0
@@ -277,6 +280,8 @@ def validate(experiment: Experiment, where: str = "experiment") -> None:
     _check(not data.context or data.context_recipe == "all" or len(data.windows) == 2 * data.context + 1,
            f"{at} windows", list(data.windows), f"context_recipe 'window_per_slice' with context = {data.context} "
            f"needs {2 * data.context + 1} windows, one per slice")
+    _check(data.image_format in ("auto", "jpg", "png", "npy"), f"{at} image_format", data.image_format,
+           "'auto', 'jpg', 'png' or 'npy'")
     _check(data.decode in DECODERS, f"{at} decode", data.decode, f"one of {DECODERS}")
     _check(model.precision in PRECISIONS, f"{where} [model] precision", model.precision, f"one of {PRECISIONS}")
     _check(model.normalize in ("imagenet", "none"), f"{where} [model] normalize", model.normalize,

@@ -9,7 +9,7 @@ end in ERROR, submissions that end in ERROR, a SaveKernel ``error`` field, Kaggl
 sessions at once.
 
 Its kernels follow scripted statuses and outputs, unless :meth:`FakeKaggle.run_kernels` is
-called: then every pushed kernel really runs, in :class:`ichkaggle.kaggle_sandbox.Sandbox`
+called: then every pushed kernel really runs, in :class:`ichkaggle.kaggle.sandbox.Sandbox`
 (the executor ``push run --local`` uses), with the datasets made through this server as the
 folders it mounts, its statuses, outputs and log as Kaggle reports them, Kaggle's GPU cap as
 SaveKernel's ``error``, and submissions scored against the competition's test labels.
@@ -125,7 +125,7 @@ class FakeKaggle:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> "FakeKaggle":
+    def start(self) -> FakeKaggle:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         self._server.daemon_threads = True
@@ -144,7 +144,7 @@ class FakeKaggle:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeKaggle":
+    def __enter__(self) -> FakeKaggle:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -161,8 +161,8 @@ class FakeKaggle:
     def run_kernels(self, root, competition, limits=None, overrides: dict | None = None):
         """From now on pushed kernels really run, under ``root``, with ``competition`` attached as
         Kaggle's; ``overrides``: the sandbox's per-kernel test hooks. Returns the sandbox."""
-        from ichkaggle.kaggle_api import COMPETITION
-        from ichkaggle.kaggle_sandbox import Limits, Sandbox
+        from ichkaggle.competition import SLUG as COMPETITION
+        from ichkaggle.kaggle.sandbox import Limits, Sandbox
 
         self.competition_dir = Path(competition)
         self.sandbox = Sandbox(Path(root), limits or Limits(), competitions={COMPETITION: self.competition_dir},
@@ -224,7 +224,7 @@ class FakeKaggle:
 
     def _run_kernel(self, body: dict) -> dict:
         """SaveKernel when kernels really run: what the client sent, as a folder, started in the sandbox."""
-        from ichkaggle.kaggle_sandbox import Refused
+        from ichkaggle.kaggle.sandbox import Refused
 
         slug = body["slug"]
         folder = self.sandbox.root / "pushed" / slug / str(len(self.calls("SaveKernel")))
@@ -318,7 +318,7 @@ class FakeKaggle:
     def _rpc_StartSubmissionUpload(self, body: dict) -> dict:
         return self._new_upload(body["fileName"], int(body.get("contentLength", 0)))
 
-    def _uploaded(self, tokens: list[str]) -> dict[str, bytes] | "_Error":
+    def _uploaded(self, tokens: list[str]) -> dict[str, bytes] | _Error:
         files = {}
         for token in tokens:
             blob = self.blobs.get(token)
@@ -365,7 +365,7 @@ class FakeKaggle:
         ref = 1000 + len(self.submissions)
         sub = Submission(ref, name, body.get("submissionDescription", ""), data, list(self.submission_script))
         if self.competition_dir is not None:  # scored for real, as Kaggle scores a competition's submission
-            from ichkaggle.kaggle_local import score_submission
+            from ichkaggle.kaggle.local import score_submission
 
             with tempfile.TemporaryDirectory() as tmp:
                 (Path(tmp) / name).write_bytes(data)
@@ -405,7 +405,7 @@ class FakeKaggle:
     def _rpc_ListSubmissions(self, body: dict) -> dict:
         start = int(body.get("pageToken") or 0)
         size = min(int(body.get("pageSize") or 20), self.list_page_size)
-        listed = [n for n in range(self.earlier_submissions)] + list(self.submissions)  # oldest first
+        listed = list(range(self.earlier_submissions)) + list(self.submissions)  # oldest first
         listed = listed[::-1] if self.list_newest_first else listed
         rows = [self._row(item) if isinstance(item, Submission) else
                 {"ref": 100 + item, "date": "2023-01-01T00:00:00.000Z", "description": f"earlier {item}",
@@ -512,7 +512,7 @@ def _fixture():
     def kaggle_env(tmp_path, monkeypatch):
         """A fake Kaggle server, credentials for it in the environment (a fresh random key),
         HOME and the temp dir inside ``tmp_path``, no proxy, no token: the real client,
-        configured by ``ichkaggle.kaggle_api``, talks only to 127.0.0.1, pointed there the
+        configured by ``ichkaggle.kaggle.api``, talks only to 127.0.0.1, pointed there the
         first way KAGGLE_API_NOTES.md documents (kagglesdk's endpoint table, in-process)."""
         from kagglesdk.kaggle_env import KaggleEnv, _env_to_endpoint
 

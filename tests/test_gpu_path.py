@@ -282,7 +282,9 @@ def _rank(rank: int, port: int, out: str) -> None:
     value = metric.value
     with open(f"{out}/rank{rank}.json", "w") as fh:
         json.dump({"decision": decision, "value": value}, fh)
-    torch.distributed.destroy_process_group()
+    from ichkaggle.train.distributed import leave_distributed
+
+    leave_distributed()  # as a run ends: every rank waits for the others, then leaves
 
 
 def test_ranks_take_one_stop_decision_and_a_rank_without_validation_batches_does_not_hang(tmp_path):

@@ -16,17 +16,10 @@ if importlib.util.find_spec("kaggle") is None:  # find, not import: `import kagg
     pytest.skip("the kaggle extra is not installed", allow_module_level=True)
 
 from ichkaggle.errors import UserError  # noqa: E402
-from ichkaggle.kaggle_api import (  # noqa: E402
-    Credentials,
-    KaggleError,
-    KaggleSession,
-    SubmissionLimits,
-    basic_auth_header,
-    find_credentials,
-    poll,
-    scrub,
-    secret_values,
-)
+from ichkaggle.kaggle.api import KaggleSession
+from ichkaggle.kaggle.credentials import Credentials, basic_auth_header, find_credentials, scrub, secret_values
+from ichkaggle.kaggle.failures import KaggleError
+from ichkaggle.kaggle.results import SubmissionLimits, poll
 
 from .fake_kaggle import kaggle_env  # noqa: E402,F401,F811  (a fixture)
 
@@ -109,8 +102,8 @@ def test_scrub_hides_keys_and_auth_headers():
 
 
 def test_importing_the_package_does_not_import_the_client():
-    code = ("import sys, ichkaggle.cli, ichkaggle.kaggle_api, ichkaggle.kaggle_flow, ichkaggle.kaggle_kernel, "
-            "ichkaggle.bundle, ichkaggle.commands.push, ichkaggle.commands.submit, ichkaggle.commands.bundle; "
+    code = ("import sys, ichkaggle.cli, ichkaggle.kaggle.api, ichkaggle.kaggle.flow, ichkaggle.kaggle.kernel, "
+            "ichkaggle.kaggle.bundle, ichkaggle.commands.push, ichkaggle.commands.submit, ichkaggle.commands.bundle; "
             "bad = [m for m in ('kaggle', 'kagglesdk', 'torch', 'requests') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ichkaggle.bundle import build_bundle, dataset_files, project_root, read_project
 from ichkaggle.cli import main
 from ichkaggle.errors import UserError
+from ichkaggle.kaggle.bundle import build_bundle, dataset_files, project_root, read_project
 
 from .fake_kaggle import files_containing
 
@@ -61,7 +61,7 @@ def test_only_allow_listed_files_go_in(source, tmp_path):
     with zipfile.ZipFile(result.wheel) as archive:
         names = archive.namelist()
     package = [n for n in names if n.startswith("ichkaggle/")]
-    assert package and all(n.endswith(".py") or (n.startswith("ichkaggle/configs/") and n.endswith(".toml"))
+    assert package and all(n.endswith(".py") or (n.startswith("ichkaggle/configs/") and n.endswith((".toml", ".json")))
                            for n in package)
     assert "ichkaggle/configs/exp_00.toml" in names and "ichkaggle/cli.py" in names
     assert not any("notes.txt" in n or "draft.yaml" in n or "__pycache__" in n for n in names)

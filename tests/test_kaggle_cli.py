@@ -21,11 +21,11 @@ import pytest
 if importlib.util.find_spec("kaggle") is None:  # find, not import: `import kaggle` prints at import
     pytest.skip("the kaggle extra is not installed", allow_module_level=True)
 
-from ichkaggle.bundle import build_bundle  # noqa: E402
 from ichkaggle.cli import main  # noqa: E402
-from ichkaggle.kaggle_flow import parse_folds, set_variables  # noqa: E402
-from ichkaggle.labels import FILE_ORDER  # noqa: E402
-from ichkaggle.tables import long_ids  # noqa: E402
+from ichkaggle.kaggle.bundle import build_bundle  # noqa: E402
+from ichkaggle.kaggle.flow import parse_folds, set_variables  # noqa: E402
+from ichkaggle.tables.csv_io import long_ids  # noqa: E402
+from ichkaggle.tables.labels import FILE_ORDER  # noqa: E402
 
 from .fake_kaggle import FakeKaggle, files_containing, kaggle_env  # noqa: E402,F401,F811  (a fixture)
 

@@ -10,14 +10,8 @@ import pytest
 
 from ichkaggle.errors import UserError
 from ichkaggle.experiment import load_experiment
-from ichkaggle.kaggle_kernel import (
-    dicom_metadata,
-    find_competition_dir,
-    find_train_runs,
-    resolve_config,
-    resolve_weights,
-    search,
-)
+from ichkaggle.kaggle.inputs import find_competition_dir, resolve_config, resolve_weights, search
+from ichkaggle.kaggle.kernel import find_train_runs
 
 SLUG = "rsna-intracranial-hemorrhage-detection"
 
@@ -57,7 +51,7 @@ def test_search_never_lists_the_image_folders(tmp_path, monkeypatch):
         listed.append(Path(path).name)
         return real(path)
 
-    monkeypatch.setattr("ichkaggle.kaggle_kernel.os.scandir", spy)
+    monkeypatch.setattr("ichkaggle.kaggle.kernel.os.scandir", spy)
     assert search(tmp_path, "x.toml") == []
     assert "stage_2_train" not in listed and "stage_2_test" not in listed
 
@@ -94,16 +88,3 @@ def test_train_runs_are_listed_by_fold(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "ichkaggle_train.json").write_text('{"kind": "something else"}')
     assert [m["fold"] for _, m in find_train_runs(tmp_path)] == [0, 1]
-
-
-def test_dicom_metadata_reads_headers_and_names_bad_files(synth_dir, tmp_path):
-    src = tmp_path / "dcm"
-    shutil.copytree(synth_dir / "stage_2_train", src)
-    (src / "ID_00000bad0.dcm").write_bytes(b"not a dicom at all" * 10)
-    table = dicom_metadata(src, workers=1)
-    assert len(table) == len(list(src.glob("*.dcm")))
-    bad = table.set_index("ID").loc["ID_00000bad0"]
-    assert bad["status"] == "failed" and bad["error"]
-    ok = table[table["status"] == "ok"]
-    assert ok["PatientID"].str.startswith("ID_").all() and ok["rank"].notna().all()
-    assert list(table["ID"]) == sorted(table["ID"])  # stable order: the same folds in every kernel

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from ichkaggle.bundle import build_bundle
 from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig, SequenceConfig
+from ichkaggle.kaggle.bundle import build_bundle
 
 pytestmark = pytest.mark.torch  # the train tox env runs these; the core env has no torch
 
@@ -63,7 +63,7 @@ def _run(script: Path, tmp: Path, cwd: Path, **extra) -> subprocess.CompletedPro
 @pytest.fixture(scope="module")
 def kaggle_input(tmp_path_factory) -> Path:
     """/kaggle/input as a kernel sees it: competition, package dataset, weights dataset."""
-    from ichkaggle.synth import load_config, synthesize
+    from ichkaggle.synth.dataset import load_config, synthesize
 
     root = tmp_path_factory.mktemp("kaggle")
     (root / "home").mkdir()
@@ -134,7 +134,7 @@ def test_prepare_once_then_sessions_of_a_fold_then_infer_offline(kaggle_input):
     out = root / "working" / "infer"
     result = _run(ROOT / "kernels" / "infer" / "infer.py", root, cwd=root, ICHKAGGLE_OUTPUT=str(out),
                   ICHKAGGLE_FOLDS="0,1", ICHKAGGLE_SCRATCH=str(root / "scratch-infer"), **common)
-    from ichkaggle.submission import check_submission
+    from ichkaggle.tables.submission import check_submission
 
     sample = inputs / SLUG / SLUG / "stage_2_sample_submission.csv"
     for name in ("submission_2d.csv", "submission.csv"):  # the CNN alone, then with study context
@@ -151,7 +151,7 @@ def test_prepared_data_of_other_settings_is_refused_naming_both(kaggle_input):
     inputs = root / "input"
     attached = inputs / "ichkaggle-prepare-other"
     (attached / "train").mkdir(parents=True)
-    from ichkaggle.prepared import PrepareSettings
+    from ichkaggle.prepared.reader import PrepareSettings
 
     (attached / "ichkaggle_prepare.json").write_text(json.dumps(
         {"kind": "ichkaggle-prepare", "settings": PrepareSettings(size=64, format="jpg").as_json()}))
@@ -182,7 +182,7 @@ def test_a_machine_with_two_gpus_trains_on_both_through_the_kernel(kaggle_input)
 
 def test_infer_names_missing_double_and_mixed_folds(tmp_path):
     from ichkaggle.errors import UserError
-    from ichkaggle.kaggle_kernel import find_train_runs, kaggle_infer
+    from ichkaggle.kaggle.kernel import find_train_runs, kaggle_infer
 
     def attach(slug, **manifest):
         folder = tmp_path / slug

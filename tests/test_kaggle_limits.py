@@ -19,8 +19,8 @@ import pytest
 if importlib.util.find_spec("kaggle") is None:  # find, not import: `import kaggle` prints at import
     pytest.skip("the kaggle extra is not installed", allow_module_level=True)
 
-from ichkaggle.bundle import build_bundle
 from ichkaggle.cli import main
+from ichkaggle.kaggle.bundle import build_bundle
 
 from .fake_kaggle import kaggle_env  # noqa: F401 (a fixture the `work` fixture uses by name)
 from .test_kaggle_cli import (  # noqa: F401 (`work`: the fixture `fake` takes it by name)
@@ -112,7 +112,8 @@ def test_a_session_that_makes_no_progress_stops_the_run(fake, tmp_path, capsys):
     assert [s for s in _slugs(fake) if "train" in s] == ["ichkaggle-train-fold0-s1", "ichkaggle-train-fold0-s2"]
 
 
-def test_no_submission_left_today_stops_clearly_then_the_next_day_submits_and_follows_it_by_its_ref(fake, tmp_path, capsys):
+def test_no_submission_left_today_stops_clearly_then_the_next_day_submits_and_follows_it_by_ref(fake, tmp_path,
+                                                                                                  capsys):
     _prepare_outputs(fake)
     _sessions(fake, range(2))
     fake.kernel_outputs["ichkaggle-infer"] = _infer_outputs(tmp_path)

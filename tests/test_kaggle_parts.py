@@ -15,20 +15,19 @@ from hypothesis import strategies as st
 
 from ichkaggle.errors import UserError
 from ichkaggle.experiment import DataConfig, Experiment
-from ichkaggle.kaggle_kernel import PREPARE_MANIFEST, attached_prepared
-from ichkaggle.kaggle_parts import (
+from ichkaggle.kaggle.contract import OUTPUT_LIMIT_BYTES, PREPARE_MANIFEST
+from ichkaggle.kaggle.kernel import attached_prepared
+from ichkaggle.kaggle.parts import (
     MAX_SLUG,
     MAX_SOURCES,
-    OUTPUT_LIMIT_BYTES,
     STAGE2_TEST_IMAGES,
     bytes_per_image,
-    part_of,
     plan_parts,
     slug_suffix,
 )
-from ichkaggle.plan import STAGE2_TRAIN_IMAGES
-from ichkaggle.prepare import prepare
-from ichkaggle.prepared import ImageStore, PrepareSettings, read_slices
+from ichkaggle.kaggle.plan import STAGE2_TRAIN_IMAGES
+from ichkaggle.prepared.prepare import part_of, prepare
+from ichkaggle.prepared.reader import ImageStore, PrepareSettings, read_slices
 
 STAGE2 = STAGE2_TRAIN_IMAGES + STAGE2_TEST_IMAGES
 
@@ -59,8 +58,8 @@ def test_a_stem_that_is_not_hex_still_has_one_part_and_one_part_is_everything():
 
 def test_every_part_slug_fits_kaggles_limit_and_one_part_keeps_the_old_slug(monkeypatch):
     from ichkaggle.experiment import load_experiment
-    from ichkaggle.kaggle_flow import Layout
-    from ichkaggle.kaggle_pipeline import prepare_jobs
+    from ichkaggle.kaggle.flow import Layout
+    from ichkaggle.kaggle.pipeline import prepare_jobs
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     experiment = load_experiment("exp_00")

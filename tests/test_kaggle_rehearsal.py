@@ -1,6 +1,6 @@
 """`push run` end to end with the kernels really running: the real client, the fake server, the sandbox.
 
-The fake server runs every pushed kernel in the rehearsal's executor (ichkaggle.kaggle_sandbox)
+The fake server runs every pushed kernel in the rehearsal's executor (ichkaggle.kaggle.sandbox)
 under Kaggle's limits, so this is the whole job as a new user would run it: the package and
 weights datasets pushed, then `push run --folds 0-4` of a tiny config on a synthetic
 competition: the prepare kernel, five folds with at most 2 GPU sessions at once (the run is
@@ -25,10 +25,10 @@ import pytest
 if importlib.util.find_spec("kaggle") is None:  # find, not import: `import kaggle` prints at import
     pytest.skip("the kaggle extra is not installed", allow_module_level=True)
 
-from ichkaggle.bundle import build_bundle
 from ichkaggle.cli import main
-from ichkaggle.kaggle_sandbox import Limits
-from ichkaggle.kaggle_schedule import KILLED_AT_LIMIT
+from ichkaggle.kaggle.bundle import build_bundle
+from ichkaggle.kaggle.sandbox import Limits
+from ichkaggle.kaggle.schedule import KILLED_AT_LIMIT
 
 from .fake_kaggle import files_containing, kaggle_env  # noqa: F401 (a fixture, used by name)
 
@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _competition(folder: Path, train: int = 90, test: int = 20) -> Path:
     """A synthetic competition with enough series (patients) for five folds, and its test labels."""
-    from ichkaggle.synth import load_config, synthesize
+    from ichkaggle.synth.dataset import load_config, synthesize
 
     synthesize(folder, train, test, seed=3, config=load_config(size=64, slices_min=8, slices_max=10),
                show_progress=False)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ichkaggle.kaggle_sandbox import GPU_CAP_TEXT, Limits, Refused, Sandbox
-from ichkaggle.kaggle_schedule import KILLED_AT_LIMIT
+from ichkaggle.kaggle.sandbox import GPU_CAP_TEXT, Limits, Refused, Sandbox
+from ichkaggle.kaggle.schedule import KILLED_AT_LIMIT
 
 SLUG = "rsna-intracranial-hemorrhage-detection"
 

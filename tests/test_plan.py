@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from ichkaggle.errors import UserError
 from ichkaggle.experiment import load_experiment
-from ichkaggle.plan import (
+from ichkaggle.kaggle.plan import (
     REFERENCE,
     SESSION_HOURS,
     SESSION_MARGIN_HOURS,
@@ -17,7 +17,7 @@ from ichkaggle.plan import (
     record_throughput,
     session_rounds,
 )
-from ichkaggle.run_state import parse_duration
+from ichkaggle.train.state import parse_duration
 
 
 def test_exp_00_does_not_fit_a_session_and_says_how_many_it_needs():
@@ -108,7 +108,7 @@ def test_without_torch_an_unknown_arch_says_both_ways_out(tmp_path):
                       '[[phases]]\nname = "p"\nepochs = 1\nlr = 0.001\n')
     code = ("import sys; sys.modules['torch'] = None; sys.modules['timm'] = None\n"
             "from ichkaggle.errors import UserError\nfrom ichkaggle.experiment import load_experiment\n"
-            "from ichkaggle.plan import make_plan\n"
+            "from ichkaggle.kaggle.plan import make_plan\n"
             f"try:\n    make_plan(load_experiment({str(config)!r}), 5, 'NvidiaTeslaT4')\n"
             "except UserError as err:\n    print(err)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -120,7 +120,7 @@ def test_without_torch_an_unknown_arch_says_both_ways_out(tmp_path):
 def test_any_timm_arch_is_planned_from_its_flops_as_an_estimate(tmp_path):
     from dataclasses import replace
 
-    from ichkaggle.kaggle_flops import forward_gflops
+    from ichkaggle.kaggle.flops import forward_gflops
 
     b5 = load_experiment("b5_t4x2")
     b3 = replace(b5, name="b3", model=replace(b5.model, arch="efficientnet_b3"), data=replace(b5.data, size=300))

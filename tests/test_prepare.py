@@ -167,3 +167,20 @@ def test_real_sample_prepares_and_ranks(tmp_path):
     assert (meta["status"] == "ok").all() and len(meta) == 33
     series = meta[meta["StudyInstanceUID"] == "ID_1f6d1e8aeb"].sort_values("position")
     assert series["rank"].tolist() == list(range(32))
+
+
+def test_headers_alone_give_the_metadata_and_name_bad_files(synth_dir, tmp_path):
+    from ichkaggle.prepared.prepare import read_headers
+
+    src = tmp_path / "dcm"
+    shutil.copytree(synth_dir / "stage_2_train", src)
+    (src / "ID_00000bad0.dcm").write_bytes(b"not a dicom at all" * 10)
+    table = read_headers(src, workers=1)
+    pooled = read_headers(src, workers=2, chunk=8)  # the same table from a pool of processes
+    pd.testing.assert_frame_equal(table, pooled)
+    assert len(table) == len(list(src.glob("*.dcm")))
+    bad = table.set_index("ID").loc["ID_00000bad0"]
+    assert bad["status"] == "failed" and bad["error"]
+    ok = table[table["status"] == "ok"]
+    assert ok["PatientID"].str.startswith("ID_").all() and ok["rank"].notna().all()
+    assert list(table["ID"]) == sorted(table["ID"])  # stable order: the same folds in every kernel

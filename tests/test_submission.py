@@ -56,7 +56,7 @@ def test_to_long_follows_the_sample_order(data):
     assert len(long) == 6 * len(ids)
     # each row holds the probability of its own image and label, written like "%.6g"
     expected = probs[:, [LABELS.index(n) for n in FILE_ORDER]].ravel()
-    assert list(long["Label"]) == ["%.6g" % x for x in expected]
+    assert list(long["Label"]) == [f"{x:.6g}" for x in expected]
     # without a sample: the same layout
     pd.testing.assert_frame_equal(to_long(ids, probs), long)
 

@@ -26,7 +26,8 @@ def test_layout_and_csv_formats(synth_dir):
     train_files = {p.stem for p in (synth_dir / "stage_2_train").glob("*.dcm")}
     test_files = {p.stem for p in (synth_dir / "stage_2_test").glob("*.dcm")}
     assert len(train_files) == 90 and len(test_files) == 30 and not train_files & test_files
-    assert train["ID"].str.fullmatch(r"ID_[0-9a-f]{9}_(epidural|intraparenchymal|intraventricular|subarachnoid|subdural|any)").all()
+    labels = "epidural|intraparenchymal|intraventricular|subarachnoid|subdural|any"
+    assert train["ID"].str.fullmatch(rf"ID_[0-9a-f]{{9}}_({labels})").all()
     # six rows per image in the real file's label order; one image repeated with the same values
     first = train.iloc[:6]["ID"].str.split("_").str[-1].tolist()
     assert first == list(FILE_ORDER)

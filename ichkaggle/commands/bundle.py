@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..bundle import build_bundle
-    from ..kaggle_api import find_credentials
+    from ..kaggle.bundle import build_bundle
+    from ..kaggle.credentials import find_credentials
 
     owner = args.owner
     if not owner:

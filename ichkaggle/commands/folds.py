@@ -42,5 +42,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(table)} images of {table['PatientID'].nunique()} patients in {args.k} folds -> {args.out_csv}")
     print(f"left out: {attrs['failed']} failed, {attrs['unlabelled']} without labels (test), "
           f"{attrs['labels_without_image']} labels without a prepared image")
-    print(fold_summary(table).to_string(formatters={name: "{:.2%}".format for name in LABELS}))
+    print(fold_summary(table).to_string(formatters=dict.fromkeys(LABELS, "{:.2%}".format)))
     return 0

@@ -46,10 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..kaggle_flow import Layout, experiment_folds, parse_folds
-    from ..kaggle_parts import STAGE2_TEST_IMAGES
-    from ..kaggle_pipeline import max_parts
-    from ..plan import STAGE2_TRAIN_IMAGES, make_plan
+    from ..kaggle.flow import Layout, experiment_folds, parse_folds
+    from ..kaggle.parts import STAGE2_TEST_IMAGES
+    from ..kaggle.pipeline import max_parts
+    from ..kaggle.plan import STAGE2_TRAIN_IMAGES, make_plan
 
     if args.max_gpu_sessions < 1:
         raise UserError("--max-gpu-sessions: at least 1")
@@ -68,7 +68,8 @@ def remaining_quota():
     """The weekly GPU quota when credentials and the client are there, else None (said so)."""
     import importlib.util
 
-    from ..kaggle_api import KaggleSession, find_credentials
+    from ..kaggle.api import KaggleSession
+    from ..kaggle.credentials import find_credentials
 
     credentials = find_credentials(required=False)
     if credentials is None or importlib.util.find_spec("kaggle") is None:

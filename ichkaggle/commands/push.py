@@ -76,8 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", action="store_true", help="kernel: download the weights files too")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="where outputs and logs go; None: runs/kaggle of the checkout (--local: DIR/runs)")
-    parser.add_argument("--kernels-dir", default=None, metavar="DIR", help="kernel templates; None: kernels/ of the checkout")
-    parser.add_argument("--datasets-dir", default=None, metavar="DIR", help="dataset folders; None: datasets/ of the checkout")
+    parser.add_argument("--kernels-dir", default=None, metavar="DIR",
+                        help="kernel templates; None: kernels/ of the checkout")
+    parser.add_argument("--datasets-dir", default=None, metavar="DIR",
+                        help="dataset folders; None: datasets/ of the checkout")
     parser.add_argument("--poll", type=float, default=None, metavar="SECONDS",
                         help="first polling interval (it grows to 120 s); None: 15 s (--local: 1 s, up to 5 s)")
     parser.add_argument("--max-wait", type=float, default=12 * 3600, metavar="SECONDS",
@@ -104,8 +106,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import UserError
-    from ..kaggle_api import KaggleSession, find_credentials
-    from ..kaggle_flow import Layout, Polling, parse_folds, push_dataset, push_kernels
+    from ..kaggle.api import KaggleSession
+    from ..kaggle.credentials import find_credentials
+    from ..kaggle.flow import Layout, parse_folds, push_dataset, push_kernels
+    from ..kaggle.results import Polling
 
     if args.kind in ("dataset", "kernel") and not args.name:
         raise UserError(f"push {args.kind}: which one? e.g. ichkaggle push "
@@ -147,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(session, args, owner: str, layout, folds, polling) -> None:
-    from ..kaggle_pipeline import run_pipeline
+    from ..kaggle.pipeline import run_pipeline
 
     run_pipeline(session, owner, layout, args.config, folds, message=args.message, submit=not args.no_submit,
                  sample=args.sample, state_path=args.state, polling=polling, accelerator=args.accelerator,
@@ -156,8 +160,8 @@ def _run(session, args, owner: str, layout, folds, polling) -> None:
 
 def _rehearse(args, layout, folds, polling) -> int:
     """``push run --local DIR``: the session is the rehearsal's, no credentials involved."""
-    from ..kaggle_local import parse_bytes, rehearsal
-    from ..kaggle_sandbox import Limits
+    from ..kaggle.local import parse_bytes, rehearsal
+    from ..kaggle.sandbox import Limits
 
     limits = Limits(max_gpu_sessions=args.max_gpu_sessions, session_hours=args.session_hours,
                     output_bytes=parse_bytes(args.output_limit))

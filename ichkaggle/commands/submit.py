@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..kaggle_api import COMPETITION
+from ..competition import SLUG as COMPETITION
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..kaggle_api import KaggleSession, find_credentials
-    from ..kaggle_results import Polling
-    from ..kaggle_submit import check_csv, submit_csv
+    from ..kaggle.api import KaggleSession
+    from ..kaggle.credentials import find_credentials
+    from ..kaggle.results import Polling
+    from ..kaggle.submit import check_csv, submit_csv
 
     polling = Polling(first=args.poll, longest=max(args.poll, 60.0), submission_timeout=args.max_wait)
     lines = check_csv(args.submission_csv, args.sample)  # before credentials: an invalid file stops here

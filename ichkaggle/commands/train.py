@@ -22,7 +22,8 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment TOML: a path or a bundled name (demo, exp_00, ...)")
-    parser.add_argument("--prepared", required=True, metavar="DIR", help="ichkaggle prepare output for the train slices")
+    parser.add_argument("--prepared", required=True, metavar="DIR",
+                        help="ichkaggle prepare output for the train slices")
     parser.add_argument("--labels", required=True, metavar="CSV", help="stage_2_train.csv or ichkaggle labels output")
     parser.add_argument("--folds", default=None, metavar="CSV", help="a table with ID and fold (default: computed)")
     parser.add_argument("--fold", type=int, default=None, help="validation fold (overrides the config)")

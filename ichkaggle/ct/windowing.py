@@ -8,9 +8,10 @@ path of ``prepare`` is exactly the float reference, not an approximation of it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from types import SimpleNamespace
-from typing import Iterable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -112,7 +113,8 @@ def window_channels(hu: np.ndarray, windows: Sequence[Window] = DEFAULT_WINDOWS)
 
 
 @lru_cache(maxsize=64)
-def stored_lut(dtype_str: str, slope: float, intercept: float, rsna_fix: bool, windows: tuple[Window, ...]) -> np.ndarray:
+def stored_lut(dtype_str: str, slope: float, intercept: float, rsna_fix: bool, windows: tuple[Window, ...]
+               ) -> np.ndarray:
     """Table (C x 2**bits) from every stored value of a 8/16-bit dtype straight to window bytes.
 
     Composes the rescale (and the RSNA fix) with the windows, so a slice costs one

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import zlib
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..ct.dicom import DicomReadError, read_stored
+from ..ct.dicom import DicomReadError, quiet_validation, read_dataset, read_stored, slice_meta
+from ..ct.fast_header import parse_native_file
 from ..ct.windowing import window_linear, window_stored
 from ..errors import UserError
 from ..files import write_atomic
@@ -33,6 +36,16 @@ from .shards import JOURNAL as PACK_JOURNAL
 JOURNAL = ".prepare-journal.jsonl"
 #: metadata.csv's leading columns (the contract); the slice metadata follows.
 LEAD_COLUMNS = ["ID", "status", "error", "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "position", "rank"]
+
+
+def part_of(image_id: str, parts: int) -> int:
+    """The part of ``ID_<hex>`` among ``parts``: its hex number modulo ``parts`` (a stem that is not
+    hex, not the competition's, falls back to its CRC-32, so every file still has one part)."""
+    if parts <= 1:
+        return 0
+    match = re.fullmatch(r"ID_([0-9a-fA-F]+)", image_id)
+    number = int(match.group(1), 16) if match else zlib.crc32(image_id.encode())
+    return number % parts
 
 
 def render(stored: np.ndarray, rescale, settings: PrepareSettings) -> np.ndarray:
@@ -85,23 +98,48 @@ def encode(image: np.ndarray, settings: PrepareSettings) -> bytes:
     return data.tobytes()
 
 
+def _failed_row(image_id: str, source: str, err: Exception) -> dict:
+    """A file that could not be read, as its metadata row: never a crash of the batch."""
+    known = isinstance(err, DicomReadError)
+    error = f"{err.kind}: {err.reason}" if known else f"unexpected {type(err).__name__}: {err}"
+    return {"ID": image_id, "status": "failed", "error": error, "source": source}
+
+
+def _ok_row(meta, source: str) -> dict:
+    row = meta.as_row()
+    row.update(status="ok", error="", source=source)
+    return row
+
+
 def process_file(source: str, image_path: str | None, settings: PrepareSettings) -> tuple[dict, bytes | None]:
     """One DICOM -> (its metadata row, status ok/failed; never raises) and the encoded image,
     written to ``image_path`` when given (then None is returned), else handed back to pack."""
-    image_id = Path(source).stem
     try:
         stored, rescale, meta = read_stored(source)
         data = encode(render(stored, rescale, settings), settings)
         if image_path is not None:
             write_atomic(image_path, data)
             data = None
-    except Exception as err:  # neither a bad file nor a bug must end the batch: record it
-        known = isinstance(err, DicomReadError)
-        error = f"{err.kind}: {err.reason}" if known else f"unexpected {type(err).__name__}: {err}"
-        return {"ID": image_id, "status": "failed", "error": error, "source": source}, None
-    row = meta.as_row()
-    row.update(status="ok", error="", source=source)
-    return row, data
+    except Exception as err:  # noqa: BLE001 - neither a bad file nor a bug must end the batch: record it
+        return _failed_row(Path(source).stem, source, err), None
+    return _ok_row(meta, source), data
+
+
+def header_row(source: str) -> dict:
+    """One DICOM's metadata row from its header alone (pixels are decoded later, in the loader)."""
+    try:
+        with quiet_validation():
+            meta = slice_meta(parse_native_file(source) or read_dataset(source), Path(source).stem)
+    except Exception as err:  # noqa: BLE001 - as process_file: recorded, never raised
+        return _failed_row(Path(source).stem, source, err)
+    return _ok_row(meta, source)
+
+
+def read_headers(src: str | os.PathLike, workers: int | None = None, chunk: int = 256) -> pd.DataFrame:
+    """metadata.csv's table for every DICOM under ``src`` from the headers only (``[data] source =
+    "dicom"``: training decodes the pixels itself)."""
+    paths = [str(p) for p in find_dicoms(src)]
+    return metadata_frame(map_files(header_row, paths, workers=max(1, workers or os.cpu_count() or 1), chunk=chunk))
 
 
 def find_dicoms(src: str | os.PathLike) -> list[Path]:
@@ -194,14 +232,12 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, settings: PrepareSet
 
     ``pack`` writes the images into shards (:mod:`ichkaggle.prepared.shards`) instead of one file each;
     a metadata row is journalled once its image is durable (its file renamed, its shard closed).
-    ``part`` = (i, n) prepares only the files of part i of n (:func:`ichkaggle.kaggle_parts.part_of`):
+    ``part`` = (i, n) prepares only the files of part i of n (:func:`part_of`):
     one of the prepare kernels a set too large for one kernel's output is split over.
     """
     out = Path(out)
     sources = find_dicoms(src)
     if part is not None and part[1] > 1:
-        from .kaggle_parts import part_of
-
         sources = [p for p in sources if part_of(p.stem, part[1]) == part[0]]
     ids = [p.stem for p in sources]
     duplicates = pd.Series(ids)[pd.Series(ids).duplicated()].unique()
@@ -233,7 +269,8 @@ def prepare(src: str | os.PathLike, out: str | os.PathLike, settings: PrepareSet
             journal.write("".join(json.dumps(row) + "\n" for row in new))
             rows.extend(new)
 
-        for row, data in _run_jobs([str(p) for p in todo], targets, settings, workers, chunk):
+        for row, data in map_files(process_file, [str(p) for p in todo], targets, [settings] * len(todo),
+                                   workers=workers, chunk=chunk):
             progress.update(1)
             pending.append(row)
             # durable: a loose file is renamed already; packed rows (failed ones too) wait for a complete shard
@@ -258,15 +295,16 @@ def one_thread() -> None:
     cv2.setNumThreads(1)
 
 
-def _run_jobs(sources: Sequence[str], targets: Sequence[str | None], settings: PrepareSettings, workers: int,
-              chunk: int):
-    if workers == 1 or len(sources) <= chunk:
+def map_files(fn, *columns: Sequence, workers: int, chunk: int):
+    """``fn`` over the files' columns, results in order: in this process with one thread (one worker,
+    or too few files to share), else in a pool of single-threaded worker processes."""
+    if workers == 1 or len(columns[0]) <= chunk:
         threads = cv2.getNumThreads()
         one_thread()
         try:
-            yield from (process_file(source, target, settings) for source, target in zip(sources, targets))
+            yield from map(fn, *columns)
         finally:
             cv2.setNumThreads(threads)
         return
     with ProcessPoolExecutor(max_workers=workers, initializer=one_thread) as pool:
-        yield from pool.map(process_file, sources, targets, [settings] * len(sources), chunksize=chunk)
+        yield from pool.map(fn, *columns, chunksize=chunk)

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from ..ct.windowing import DEFAULT_WINDOWS, Window
+from ..ct.windowing import DEFAULT_WINDOWS, Window, parse_windows
 from ..errors import UserError
 from ..tables.csv_io import read_csv
 from .shards import INDEX, SHARDS, read_index
@@ -70,7 +70,7 @@ class PrepareSettings:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "PrepareSettings":
+    def from_json(cls, data: dict) -> PrepareSettings:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         known["windows"] = tuple(Window(float(c), float(w), str(n)) for c, w, n in data.get("windows", []))
         return cls(**known)
@@ -78,6 +78,28 @@ class PrepareSettings:
     def describe(self) -> str:
         windows = ",".join(w.label for w in self.windows)
         return f"{self.size or 'native'} px, {self.format}, windows {windows}"
+
+
+def settings_for(data) -> PrepareSettings:
+    """The image settings an experiment's ``[data]`` prepares with, one rule for the demo, the
+    Kaggle kernels and ``push run``: its size and windows, in its ``image_format``; "auto" is
+    JPEG for 1 or 3 windows (small outputs and scratch), PNG for other counts."""
+    windows = parse_windows(list(data.windows))
+    fmt = data.image_format
+    if fmt == "auto":
+        fmt = "jpg" if len(windows) in (1, 3) else "png"
+    return PrepareSettings(size=data.size, windows=windows, format=fmt)
+
+
+def check_settings(folder: str | os.PathLike, settings: PrepareSettings, data, who: str) -> None:
+    """A prepared folder made for other images than ``data`` asks for is an error naming both:
+    the size, the windows, and the format unless ``image_format`` is "auto" (any of them does)."""
+    wanted = settings_for(data)
+    same = settings.size == wanted.size and settings.windows == wanted.windows
+    if not same or (data.image_format != "auto" and settings.format != wanted.format):
+        what = wanted.describe() if data.image_format != "auto" else wanted.describe().replace(f", {wanted.format}", "")
+        raise UserError(f"{folder} was prepared at {settings.describe()}; {who} wants {what}: prepare it again with "
+                        "those settings (or point at the matching prepared folder)")
 
 
 def read_settings(folder: str | os.PathLike) -> PrepareSettings:

@@ -167,7 +167,7 @@ def render_slice(plan: SeriesPlan, k: int, config: PhantomConfig) -> tuple[np.nd
             ventricles |= _ellipse(shape, vc, va, rot + side * 12)
         hu[ventricles] = CSF_HU
 
-    present = {label: False for label in LABELS}
+    present = dict.fromkeys(LABELS, False)
     min_pixels = max(2, int((s / 128) ** 2 * 2))
     for lesion in plan.lesions:
         if not lesion.first <= k < lesion.first + lesion.count:

@@ -82,11 +82,11 @@ class Calibration:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "Calibration":
+    def from_json(cls, data: dict) -> Calibration:
         return cls(*(tuple(float(v) for v in data[k]) for k in ("scale", "offset", "label_rates")))
 
     @classmethod
-    def identity(cls, label_rates) -> "Calibration":
+    def identity(cls, label_rates) -> Calibration:
         return cls((1.0,) * len(LABELS), (0.0,) * len(LABELS), tuple(float(r) for r in label_rates))
 
 

@@ -1,4 +1,4 @@
-"""What one ``train`` call keeps track of per epoch: the time budget, the history, the best epoch, the checkpoints (train extra).
+"""What one ``train`` call keeps per epoch: the time budget, the history, the best epoch, the checkpoints.
 
 Why: a Kaggle session ends at 12 hours whatever runs. Before each epoch the session asks
 whether the epoch (as measured so far) and its checkpoint still fit, and before the last one
@@ -49,7 +49,7 @@ class EpochControl(Callback):
 
     order = 60  # after the Recorder: this epoch's values are there
 
-    def __init__(self, session: "TrainingSession", phase: int, start_epoch: int, restore: dict | None):
+    def __init__(self, session: TrainingSession, phase: int, start_epoch: int, restore: dict | None):
         self.session, self.phase, self.start_epoch, self.restore = session, phase, start_epoch, restore
 
     def before_epoch(self):

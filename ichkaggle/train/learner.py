@@ -1,4 +1,4 @@
-"""The fastai learner of an experiment: a timm backbone by name, the loss, the metric, precision, optimizers (train extra).
+"""The fastai learner of an experiment: a timm backbone by name, loss, metric, precision, optimizers.
 
 Why its own module: training, prediction and the benchmarks build the same learner, and what
 makes it fast on a GPU (mixed precision without host syncs, channels_last, device metrics,

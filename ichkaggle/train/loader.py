@@ -4,7 +4,8 @@ Why: the DataBlock loader decoded each image with PIL per item through fastai's 
 pipeline and started its worker processes again every epoch; a GPU waited on it. This one
 keeps a torch DataLoader with persistent workers that only read and decode (OpenCV, or, when
 asked, hand the JPEG bytes to nvJPEG on the GPU), ships uint8 batches in pinned memory and
-leaves the augmentations to the batch transforms on the device (``ichkaggle.train.augment``). It is a fastai ``TfmdDL``, so
+leaves the augmentations to the batch transforms on the device (``ichkaggle.train.augment``).
+It is a fastai ``TfmdDL``, so
 ``fit``, ``tta`` and ``get_preds`` work as before; its order is a pure function of
 ``(seed, epoch)``, so a resumed run draws the batches an uninterrupted one would.
 """

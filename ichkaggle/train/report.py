@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -72,8 +72,8 @@ def montage(images: Sequence[np.ndarray], targets: np.ndarray, preds: np.ndarray
         image = cv2.resize(as_picture(image), (tile, tile), interpolation=cv2.INTER_NEAREST)
         canvas = np.zeros((tile + 34, tile, 3), np.uint8)
         canvas[:tile] = image
-        truth = " ".join(SHORT[l] for l, t in zip(LABELS[1:], target[1:]) if t > 0.5) or "none"
-        said = (" ".join(f"{SHORT[l]}{p:.1f}" for l, p in zip(LABELS[1:], pred[1:]) if p >= 0.5)
+        truth = " ".join(SHORT[name] for name, t in zip(LABELS[1:], target[1:]) if t > 0.5) or "none"
+        said = (" ".join(f"{SHORT[name]}{p:.1f}" for name, p in zip(LABELS[1:], pred[1:]) if p >= 0.5)
                 or f"none({pred[0]:.2f})")
         cv2.putText(canvas, f"T: {truth}", (3, tile + 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (80, 220, 80), 1)
         cv2.putText(canvas, f"P: {said}", (3, tile + 29), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (60, 160, 255), 1)

@@ -83,21 +83,14 @@ class Rows:
 def slice_images(table: pd.DataFrame, folder: str | os.PathLike, experiment, dicom: bool = False):
     """The images of ``table``'s rows (prepared, either layout, or DICOM files), with their
     series neighbours stacked when the experiment asks for context (2.5D)."""
-    from ..ct.windowing import parse_windows
-    from ..prepared.prepare import PrepareSettings
-    from ..prepared.reader import ImageStore, read_settings
+    from ..prepared.reader import ImageStore, check_settings, read_settings, settings_for
 
     data = experiment.data
-    windows = parse_windows(list(data.windows))
     if dicom:
-        images = DicomImages([Path(folder) / f"{i}.dcm" for i in table["ID"]],
-                             PrepareSettings(size=data.size, windows=windows))
+        images = DicomImages([Path(folder) / f"{i}.dcm" for i in table["ID"]], settings_for(data))
     else:
         settings = read_settings(folder)
-        if settings.size != data.size or settings.windows != windows:
-            raise UserError(f"{folder} was prepared at {settings.describe()}; the experiment {experiment.name} "
-                            f"wants {data.size} px, windows {','.join(w.label for w in windows)}: prepare it again "
-                            "with those settings (or point at the matching prepared folder)")
+        check_settings(folder, settings, data, f"the experiment {experiment.name}")
         images = ImageStore(folder, table["ID"].to_numpy(), settings)
     if data.context == 0:
         return images

@@ -38,7 +38,7 @@ class SliceTable:
                  **extra)
 
     @classmethod
-    def load(cls, path, calibration=None) -> "SliceTable":
+    def load(cls, path, calibration=None) -> SliceTable:
         """The table in ``path``; one written before the probabilities were stored calibrated needs
         its run's ``calibration`` (an error naming the file otherwise)."""
         with np.load(path, allow_pickle=False) as data:
@@ -52,5 +52,5 @@ class SliceTable:
             return cls(data["ids"].astype(object), data["series"].astype(object), data["position"], calibrated,
                        data["embeddings"], data.get("targets"), data.get("fold"))
 
-    def take(self, rows) -> "SliceTable":
+    def take(self, rows) -> SliceTable:
         return SliceTable(*(None if v is None else v[rows] for v in (getattr(self, f.name) for f in fields(self))))

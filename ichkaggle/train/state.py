@@ -49,7 +49,7 @@ class TrainingState:
     sessions: list = field(default_factory=list)  # one dict per run of `train`
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike) -> "TrainingState | None":
+    def load(cls, run_dir: str | os.PathLike) -> TrainingState | None:
         path = Path(run_dir) / STATE
         if not path.exists():
             return None

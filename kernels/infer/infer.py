@@ -1,7 +1,7 @@
 """ichkaggle infer kernel: the train kernels' folds averaged (TTA) into a checked submission.csv.
 
 Installs the package from the ichkaggle-src dataset (the bundled wheel, no index, no
-dependencies) and calls ichkaggle.kaggle_kernel.kaggle_infer, which reads the attached train
+dependencies) and calls ichkaggle.kaggle.kernel.kaggle_infer, which reads the attached train
 kernels' outputs (kernel_sources). `ichkaggle push` writes FOLDS below; the ICHKAGGLE_*
 variables let a local run point it at another tree than /kaggle.
 """
@@ -32,7 +32,7 @@ def install_package():
 
 
 install_package()
-from ichkaggle.kaggle_kernel import kaggle_infer  # noqa: E402
+from ichkaggle.kaggle.kernel import kaggle_infer  # noqa: E402
 
 folds = os.environ.get("ICHKAGGLE_FOLDS")
 kaggle_infer(INPUT, OUTPUT, [int(f) for f in folds.split(",")] if folds else FOLDS)

@@ -1,7 +1,7 @@
 """ichkaggle prepare kernel: train and test prepared once, packed, at a config's image settings (CPU).
 
 Runs without a GPU (no GPU quota spent on DICOM decoding) and with the internet off. Installs
-the package from the ichkaggle-src dataset and calls ichkaggle.kaggle_kernel.kaggle_prepare;
+the package from the ichkaggle-src dataset and calls ichkaggle.kaggle.kernel.kaggle_prepare;
 its output (two packed folders + ichkaggle_prepare.json, ~11 GB for stage 2 at 224 px JPEG)
 is attached to the train and infer kernels. A setting too large for one kernel's 20 GB output
 is split over PARTS kernels, each preparing the image ids of its PART. `ichkaggle push` writes
@@ -36,7 +36,7 @@ def install_package():
 
 
 install_package()
-from ichkaggle.kaggle_kernel import kaggle_prepare  # noqa: E402
+from ichkaggle.kaggle.kernel import kaggle_prepare  # noqa: E402
 
 part, parts = int(os.environ.get("ICHKAGGLE_PART", PART)), int(os.environ.get("ICHKAGGLE_PARTS", PARTS))
 kaggle_prepare(os.environ.get("ICHKAGGLE_CONFIG", CONFIG), INPUT, OUTPUT, part=part, parts=parts)

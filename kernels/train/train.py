@@ -1,7 +1,7 @@
 """ichkaggle train kernel: one session of one fold of one experiment on Kaggle's GPUs, internet off.
 
 Installs the package from the ichkaggle-src dataset (the bundled wheel, no index, no
-dependencies: Kaggle's image has them) and calls ichkaggle.kaggle_kernel.kaggle_train, which
+dependencies: Kaggle's image has them) and calls ichkaggle.kaggle.kernel.kaggle_train, which
 uses the attached prepare kernel's output, continues an attached earlier session of the
 fold, trains on every GPU until the session is nearly over and says whether the fold is
 complete. `ichkaggle push` writes CONFIG, FOLD and MARGIN_MINUTES (the minutes kept free for
@@ -42,7 +42,7 @@ def install_package():
 
 
 install_package()
-from ichkaggle.kaggle_kernel import kaggle_train  # noqa: E402
+from ichkaggle.kaggle.kernel import kaggle_train  # noqa: E402
 
 kaggle_train(os.environ.get("ICHKAGGLE_CONFIG", CONFIG), int(os.environ.get("ICHKAGGLE_FOLD", FOLD)), INPUT, OUTPUT,
              started=STARTED)

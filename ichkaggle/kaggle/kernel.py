@@ -1,11 +1,11 @@
 """What the thin Kaggle kernels call: prepare once, one session of one fold, fold-averaged inference.
 
-What they attach is found under ``/kaggle/input`` by :mod:`ichkaggle.kaggle_inputs`.
+What they attach is found under ``/kaggle/input`` by :mod:`ichkaggle.kaggle.inputs`.
 
 - :func:`kaggle_prepare` (a CPU kernel, off the GPU quota): competition -> train and test
   prepared at the config's image settings, packed, as its output (within Kaggle's 20 GB)
   + ``ichkaggle_prepare.json``; part i of n of a set too large for one output
-  (:mod:`ichkaggle.kaggle_parts`) prepares only its share of the image ids.
+  (:mod:`ichkaggle.kaggle.parts`) prepares only its share of the image ids.
 - :func:`kaggle_train`: one GPU session of one fold. It uses an attached prepare output
   whose settings match (a mismatch is an error naming both; with none attached it prepares
   into a scratch folder), continues an attached earlier session of the same fold, trains
@@ -22,67 +22,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from .errors import UserError
-from .kaggle_inputs import (  # noqa: F401 (re-exported: the kernels' callers look here)
+from ..errors import UserError
+from ..prepared.reader import settings_for
+from .contract import INFER_MANIFEST, OUTPUT_LIMIT_BYTES, PREPARE_MANIFEST, TRAIN_MANIFEST
+from .inputs import (
     INPUT_ROOT,
-    SKIP_DIRS,
     find_competition_dir,
     resolve_config,
     resolve_weights,
     search,
 )
-from .kaggle_parts import OUTPUT_LIMIT_BYTES, complete_set, merged_view
 
 OUTPUT_ROOT = "/kaggle/working"
-PREPARE_MANIFEST = "ichkaggle_prepare.json"
-TRAIN_MANIFEST = "ichkaggle_train.json"
-INFER_MANIFEST = "ichkaggle_infer.json"
 
 
 # ----------------------------------------------------------------------------- data
-
-
-def _header_row(path: str) -> dict:
-    from .dicom import DicomReadError, quiet_validation, read_dataset, slice_meta
-    from .dicom_fast import parse_native_file
-
-    image_id = Path(path).stem
-    try:
-        with quiet_validation():
-            fields = parse_native_file(path) or read_dataset(path)
-            row = slice_meta(fields, image_id).as_row()
-    except DicomReadError as err:
-        return {"ID": image_id, "status": "failed", "error": f"{err.kind}: {err.reason}", "source": path}
-    except Exception as err:  # an odd file must not end the batch
-        return {"ID": image_id, "status": "failed", "error": f"unexpected {type(err).__name__}: {err}",
-                "source": path}
-    row.update(status="ok", error="", source=path)
-    return row
-
-
-def dicom_metadata(src: str | os.PathLike, workers: int | None = None, chunk: int = 256):
-    """metadata.csv's table for every DICOM under ``src`` from the headers only (the
-    ``source = "dicom"`` path: pixels are decoded in the loader, not here)."""
-    from .prepare import find_dicoms, metadata_frame
-
-    paths = [str(p) for p in find_dicoms(src)]
-    workers = max(1, workers or os.cpu_count() or 1)
-    if workers == 1 or len(paths) <= chunk:
-        return metadata_frame(map(_header_row, paths))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return metadata_frame(pool.map(_header_row, paths, chunksize=chunk))
-
-
-def _image_settings(experiment):
-    from .prepare import PrepareSettings
-    from .windowing import parse_windows
-
-    windows = parse_windows(list(experiment.data.windows))
-    fmt = "jpg" if len(windows) in (1, 3) else "png"  # JPEG keeps the output and scratch small
-    return PrepareSettings(size=experiment.data.size, windows=windows, format=fmt)
 
 
 def attached_prepared(experiment, input_root: str | os.PathLike, split: str = "train",
@@ -90,9 +46,10 @@ def attached_prepared(experiment, input_root: str | os.PathLike, split: str = "t
     """The attached prepared ``split`` for the experiment's image settings, or None when none is
     attached: one prepare output's folder, or every attached part read as one set (a merged view
     in ``scratch``); a set with a part missing or twice, or only other settings, is an error."""
-    from .prepared import PrepareSettings
+    from ..prepared.parts import complete_set, merged_view  # pydicom and the rest only when a kernel runs
+    from ..prepared.reader import PrepareSettings
 
-    wanted = _image_settings(experiment)
+    wanted = settings_for(experiment.data)
     matching, other = [], []
     for path in search(input_root, PREPARE_MANIFEST, max_depth=3):
         manifest = json.loads(path.read_text())
@@ -119,11 +76,13 @@ def split_inputs(experiment, competition: Path, split: str, scratch: Path, worke
     """(metadata table, folder of the images, failed IDs) of ``train`` or ``test``: the DICOM headers
     and folder for ``source = "dicom"``; else the attached prepare output, else one prepared here."""
     source = competition / f"stage_2_{split}"
+    from ..prepared.prepare import read_headers
+
     if experiment.data.source == "dicom":
-        meta, folder = dicom_metadata(source, workers), source
+        meta, folder = read_headers(source, workers), source
     else:
-        from .prepare import prepare
-        from .prepared import read_slices
+        from ..prepared.prepare import prepare
+        from ..prepared.reader import read_slices
 
         attached = attached_prepared(experiment, input_root, split, scratch)
         if attached is not None:
@@ -132,7 +91,7 @@ def split_inputs(experiment, competition: Path, split: str, scratch: Path, worke
             return table.assign(status="ok"), attached, failed
         print(f"  {split}: no prepared data attached: preparing it here (attach a prepare kernel's output to "
               "spare this session the time)", flush=True)
-        result = prepare(source, scratch / split, _image_settings(experiment), workers=workers, show_progress=False,
+        result = prepare(source, scratch / split, settings_for(experiment.data), workers=workers, show_progress=False,
                          pack=True)
         print("  " + result.describe().replace("\n", "\n  "), flush=True)
         meta, folder = result.metadata, scratch / split
@@ -156,7 +115,7 @@ def _banner(what: str) -> None:
     """Version, Python, torch and GPU of the machine: the first line of a Kaggle log to look at."""
     import platform
 
-    from . import __version__
+    from .. import __version__
 
     versions = f"python {platform.python_version()}"
     try:
@@ -175,14 +134,14 @@ def kaggle_prepare(config: str | os.PathLike, input_root: str | os.PathLike = IN
     """Prepare train and test at the config's image settings, packed, into ``output`` (a CPU
     kernel: no GPU quota); only part ``part`` of ``parts`` of the image ids; resumable like
     ``prepare``. Returns the manifest."""
-    from .experiment import load_experiment
-    from .prepare import prepare
+    from ..experiment import load_experiment
+    from ..prepared.prepare import prepare
 
     started, output = time.time(), Path(output)
     output.mkdir(parents=True, exist_ok=True)
     competition = find_competition_dir(input_root)
     experiment = load_experiment(resolve_config(config, input_root))
-    settings = _image_settings(experiment)
+    settings = settings_for(experiment.data)
     if not 0 <= part < parts:
         raise UserError(f"part {part} of {parts}: a part is a number from 0 to {parts - 1}")
     share = f", part {part} of {parts}" if parts > 1 else ""
@@ -274,11 +233,10 @@ def kaggle_train(
     """One session of fold ``fold`` of ``config``; returns ``<output>/ichkaggle_train.json``."""
     import shutil
 
-    from . import __version__
-    from .experiment import load_experiment
-    from .folds import add_fold_column
-    from .labels import read_labels_csv
-    from .run_state import TrainingState
+    from .. import __version__
+    from ..experiment import load_experiment
+    from ..tables.folds import training_table
+    from ..train.state import TrainingState
 
     started = started or time.time()
     output, scratch = Path(output), _scratch(scratch)
@@ -289,8 +247,7 @@ def kaggle_train(
             f"{experiment.data.size}px, source {experiment.data.source}) on {competition}")
     metadata, folder, _ = split_inputs(experiment, competition, "train", scratch, workers or _env_workers(),
                                        input_root)
-    wide = read_labels_csv(competition / "stage_2_train.csv")
-    table = add_fold_column(metadata, wide, experiment.data.n_folds, experiment.data.seed)
+    table = training_table(metadata, competition / "stage_2_train.csv", experiment.data.n_folds, experiment.data.seed)
     print(f"  {len(table)} labelled images, {table['PatientID'].nunique()} patients, "
           f"validation fold {fold}: {int((table['fold'] == int(fold)).sum())} images", flush=True)
     run_dir = output / f"fold{int(fold)}"
@@ -304,18 +261,19 @@ def kaggle_train(
         _train_distributed(nproc, experiment, table, folder, dicom, run_dir, limit, scratch,
                            competition / "stage_2_train.csv")
     else:
-        from .training import train  # torch from here on
+        from ..train.loop import train  # torch from here on
 
         result = train(table, folder, experiment, run_dir, dicom=dicom, time_limit=limit, resume=True)
         if result.complete:
-            from .report import write_run_report
+            from ..train.report import write_run_report
 
             write_run_report(result, experiment, table, folder, dicom)
     state = TrainingState.load(run_dir)
     session = state.sessions[-1] if state and state.sessions else {}
     metrics = json.loads((run_dir / "metrics.json").read_text()) if state and state.complete else {}
     manifest = {
-        "kind": "ichkaggle-train", "ichkaggle_version": __version__, "package": str(Path(__file__).resolve().parent),
+        "kind": "ichkaggle-train", "ichkaggle_version": __version__,
+        "package": str(Path(__file__).resolve().parents[1]),
         "experiment": experiment.name, "config": f"{run_dir.name}/config.toml", "fold": int(fold),
         "n_folds": experiment.data.n_folds, "complete": bool(state and state.complete),
         "progress": state.describe(experiment.phases) if state else "nothing trained",
@@ -351,9 +309,9 @@ def kaggle_infer(
 ) -> Path:
     """Average the attached train runs' TTA predictions on the test slices into
     ``<output>/submission.csv`` (checked against the sample); returns its path."""
-    from . import __version__
-    from .experiment import load_experiment
-    from .submission import write_checked
+    from .. import __version__
+    from ..experiment import load_experiment
+    from ..tables.submission import write_checked
 
     started = time.time()
     output, scratch = Path(output), _scratch(scratch)
@@ -381,8 +339,8 @@ def kaggle_infer(
 
     ok, folder, failed = split_inputs(experiment, competition, "test", scratch, workers, input_root)
 
-    from .study import out_of_fold, sequence_stage, test_slices
-    from .training import fill_rates  # torch from here on
+    from ..sequence.stage import out_of_fold, sequence_stage, test_slices
+    from ..train.calibration import fill_rates  # torch from here on
 
     test, calibrated = test_slices(ok, folder, experiment, weights, dicom=experiment.data.source == "dicom")
     if failed:  # an unreadable slice still needs rows: the training label rates

@@ -1,7 +1,7 @@
 """What Kaggle answers, as plain values, and the bounded polling that waits for an answer to change.
 
-Shared by every session-like object the pipeline drives (:class:`~ichkaggle.kaggle_api.KaggleSession`
-and the local rehearsal's :class:`~ichkaggle.kaggle_local.LocalSession`).
+Shared by every session-like object the pipeline drives (:class:`~ichkaggle.kaggle.api.KaggleSession`
+and the local rehearsal's :class:`~ichkaggle.kaggle.local.LocalSession`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .kaggle_errors import KaggleError
+from .failures import KaggleError
 
 KERNEL_TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 KERNEL_FAILED = ("ERROR", "CANCEL_ACKNOWLEDGED", "CANCEL_REQUESTED")

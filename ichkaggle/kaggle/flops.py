@@ -16,8 +16,8 @@ import json
 import os
 from pathlib import Path
 
-from .errors import UserError
-from .files import write_atomic
+from ..errors import UserError
+from ..files import write_atomic
 
 CACHE = "flops.json"
 

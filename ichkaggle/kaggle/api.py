@@ -37,23 +37,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .errors import UserError
-from .kaggle_capture import Capture, captured
-from .kaggle_credentials import (  # noqa: F401 (re-exported)
+from ..competition import SLUG as COMPETITION
+from ..errors import UserError
+from .capture import Capture, captured
+from .contract import OUTPUT_LIMIT_BYTES
+from .credentials import (
     NEW_TOKEN_HELP,
     Credentials,
     basic_auth_header,
-    config_dirs,
     find_credentials,
     scrub,
     secret_values,
 )
-from .kaggle_errors import KaggleError, Problem, classify, retry_after  # noqa: F401 (re-exported)
-from .kaggle_parts import OUTPUT_LIMIT_BYTES, STAGE2_TEST_IMAGES
-from .kaggle_results import (  # noqa: F401 (re-exported)
-    KERNEL_FAILED,
+from .failures import Failure, KaggleError, classify
+from .parts import STAGE2_TEST_IMAGES
+from .plan import SESSION_HOURS, STAGE2_TRAIN_IMAGES, Quota
+from .results import (
     KERNEL_TERMINAL,
-    SUBMISSION_TERMINAL,
     KernelStatus,
     PushedKernel,
     SubmissionInfo,
@@ -62,9 +62,7 @@ from .kaggle_results import (  # noqa: F401 (re-exported)
     follow_submission,
     poll,
 )
-from .plan import SESSION_HOURS, STAGE2_TRAIN_IMAGES, Quota
 
-COMPETITION = "rsna-intracranial-hemorrhage-detection"
 #: what stands for the user's Kaggle name in the templates (kernels/, datasets/)
 PLACEHOLDER_OWNER = "KAGGLE_USERNAME"
 #: SaveKernel's ``error`` when the account already runs its GPU batch sessions ("Maximum batch GPU
@@ -116,7 +114,8 @@ def saved_kernel(ref: str, error: str, invalid: dict, version: int, url: str,
     a source Kaggle could not attach, no version number)."""
     if error:
         busy = bool(GPU_SESSION_CAP.search(error))
-        raise KaggleError(scrub_text(f"push kernel {ref}: Kaggle refused it: {error}"), kind="busy" if busy else "refused")
+        raise KaggleError(scrub_text(f"push kernel {ref}: Kaggle refused it: {error}"),
+                          kind="busy" if busy else "refused")
     if invalid:
         listed = "; ".join(f"{name.replace('_', ' ')}: {value}" for name, value in invalid.items())
         raise KaggleError(scrub_text(
@@ -137,7 +136,7 @@ def endpoint() -> str:
 def _within(seconds: float, capture: Capture, fn: Callable[..., T], *args, **kwargs) -> T:
     """``fn(*args, **kwargs)``, or TimeoutError after ``seconds`` (the call is left behind in a
     daemon thread: the client offers no request timeout of its own). What the call prints goes
-    to ``capture``, also after a timeout (:mod:`~ichkaggle.kaggle_capture`)."""
+    to ``capture``, also after a timeout (:mod:`~ichkaggle.kaggle.capture`)."""
     outcome: dict = {}
 
     def target():
@@ -213,7 +212,7 @@ class KaggleSession:
             except UserError:
                 raise
             except TimeoutError as err:
-                problem = Problem("transient", f"no answer from {endpoint()} ({err})")
+                problem = Failure("transient", f"no answer from {endpoint()} ({err})")
             except Exception as err:  # noqa: BLE001 - every failure becomes a clear message
                 problem = classify(err)
             finally:
@@ -234,7 +233,7 @@ class KaggleSession:
                 continue
             raise self.error(what, problem, attempt, self.clock() - started)
 
-    def error(self, what: str, problem: Problem, attempts: int = 1, elapsed: float = 0.0) -> KaggleError:
+    def error(self, what: str, problem: Failure, attempts: int = 1, elapsed: float = 0.0) -> KaggleError:
         creds = self.credentials
         if problem.kind == "auth":
             text = (f"Kaggle refused the credentials (HTTP 401) of {creds.describe()}: check the username "
@@ -357,7 +356,7 @@ class KaggleSession:
     # -- quota
 
     def quota(self):
-        """The weekly GPU quota (``kaggle quota``): a :class:`~ichkaggle.plan.Quota` in hours."""
+        """The weekly GPU quota (``kaggle quota``): a :class:`~ichkaggle.kaggle.plan.Quota` in hours."""
         answer = self.call("GPU quota", self.api.quota_view)
         gpu = getattr(answer, "gpu_quota", None)
         if gpu is None:

@@ -19,7 +19,7 @@ script) and runs it in ``ROOT/kernels/<slug>/v<N>/``:
   output over the limit is an ERROR naming its size; each GPU version's wall time is charged
   to a quota ledger.
 
-Each version is run by a small supervisor process (``python -m ichkaggle.kaggle_sandbox DIR``)
+Each version is run by a small supervisor process (``python -m ichkaggle.kaggle.sandbox DIR``)
 that writes ``status.json`` as the version goes, so a status is read like Kaggle's, also by a
 later process (a re-run of ``push run --local`` follows what an earlier one started).
 """
@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import write_atomic
+from ..files import write_atomic
 
 #: SaveKernel's error beyond the cap, as Kaggle words it (kaggle_api.GPU_SESSION_CAP recognises it)
 GPU_CAP_TEXT = "Maximum batch GPU session count of {n} reached."
@@ -51,7 +51,7 @@ LEDGER = "gpu-quota.jsonl"
 #: names a kernel's environment never holds, whatever an override says
 CREDENTIAL_LIKE = re.compile(r"^KAGGLE|TOKEN|SECRET|PASSW|CREDENTIAL|(^|_)KEY($|_)|(^|_)AUTH", re.IGNORECASE)
 DEAD_PROXY = "http://127.0.0.1:9"  # nothing listens there
-SITECUSTOMIZE = '''"""Internet off in a rehearsed kernel (ichkaggle.kaggle_sandbox): loopback only, as enable_internet false."""
+SITECUSTOMIZE = '''"""Internet off in a rehearsed kernel (ichkaggle.kaggle.sandbox): loopback only."""
 import ipaddress
 import socket
 
@@ -243,7 +243,7 @@ class Sandbox:
         write_atomic(folder / "status.json", json.dumps(status).encode())
         supervisor = {k: v for k, v in os.environ.items() if not CREDENTIAL_LIKE.search(k)}  # it imports this module
         with open(folder / "supervisor.log", "wb") as out:  # the child keeps its own copy of the descriptor
-            child = subprocess.Popen([sys.executable, "-m", "ichkaggle.kaggle_sandbox", str(folder)], env=supervisor,
+            child = subprocess.Popen([sys.executable, "-m", "ichkaggle.kaggle.sandbox", str(folder)], env=supervisor,
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self._children.append(child)
         write_atomic(folder / "status.json", json.dumps({**status, "supervisor": child.pid}).encode())
@@ -295,7 +295,7 @@ class Sandbox:
                "ICHKAGGLE_INPUT": str(folder / "input"), "ICHKAGGLE_OUTPUT": str(folder / "working"),
                "ICHKAGGLE_SCRATCH": str(tmp / "scratch"), "ICHKAGGLE_PIP_TARGET": str(tmp / "site"),
                "ICHKAGGLE_SESSION_HOURS": f"{hours:g}", "ICHKAGGLE_NPROC": "1", "ICHKAGGLE_WORKERS": "1"}
-        env.update({name: DEAD_PROXY for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")})
+        env.update(dict.fromkeys(("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"), DEAD_PROXY))
         env.update({str(k): str(v) for k, v in extra.items()})
         return {k: v for k, v in env.items() if not CREDENTIAL_LIKE.search(k)}
 

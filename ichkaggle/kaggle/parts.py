@@ -8,29 +8,22 @@ set through a merged view in their scratch folder (concatenated ``metadata.csv``
 ranks recomputed over whole series, one ``shards/index.csv``, the parts' shards linked in),
 so every reader of a prepared folder works unchanged.
 
-- sizing (the plan, no heavy imports): :func:`plan_parts` from the bytes per image measured
-  on real slices (``configs/image_bytes.json``, ``benchmarks/bench_image_bytes.py``);
-- the kernel side: :func:`part_of`, :func:`complete_set`, :func:`merged_view`.
+This module sizes them for the plan (:func:`plan_parts`, from the bytes per image measured
+on real slices: ``configs/image_bytes.json``, ``benchmarks/bench_image_bytes.py``); which
+image goes where and the merged view are ``ichkaggle.prepared.parts``'.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import shutil
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
+from .contract import OUTPUT_LIMIT_BYTES
 
-FIGURES = Path(__file__).resolve().parent / "configs" / "image_bytes.json"
-#: Kaggle keeps at most 20 GB of /kaggle/working
-KAGGLE_OUTPUT_BYTES = 20e9
-#: what one part's prepared data may take: under 20 GB with room for the manifest and the log
-OUTPUT_LIMIT_BYTES = 19.5e9
+FIGURES = Path(__file__).resolve().parents[1] / "configs" / "image_bytes.json"
 #: the measured mean bytes per image (33 real slices) times this, for the whole set. ASSUMPTION:
 #: the sample's mean may be below the set's (more bone, larger heads); a first real prepare run
 #: prints its bytes per image (ichkaggle_prepare.json "bytes") and confirms or corrects it
@@ -52,16 +45,6 @@ MAX_SLUG = 50
 
 
 # ----------------------------------------------------------------------------- which image goes where
-
-
-def part_of(image_id: str, parts: int) -> int:
-    """The part of ``ID_<hex>`` among ``parts``: its hex number modulo ``parts`` (a stem that is not
-    hex, not the competition's, falls back to its CRC-32, so every file still has one part)."""
-    if parts <= 1:
-        return 0
-    match = re.fullmatch(r"ID_([0-9a-fA-F]+)", image_id)
-    number = int(match.group(1), 16) if match else zlib.crc32(image_id.encode())
-    return number % parts
 
 
 def slug_suffix(part: int, parts: int) -> str:
@@ -155,63 +138,3 @@ def plan_parts(fmt: str, channels: int, size: int, images: int, *, limit: float 
             "or fewer windows")
     n = max(needed, parts or 0)
     return PartsPlan(n, images, per_image, limit, seconds / 3600 / n, source)
-
-
-# ----------------------------------------------------------------------------- one set again (kernel side)
-
-
-def complete_set(found: list[tuple[Path, dict]]) -> list[Path]:
-    """The part folders of one prepared set in part order; a missing or duplicated part, or parts
-    made for different counts, is an error naming them (a manifest without ``parts`` is 0 of 1)."""
-    counts = sorted({int(m.get("parts", 1)) for _, m in found})
-    if len(counts) != 1:
-        listed = "; ".join(f"{folder} (part {m.get('part', 0)} of {m.get('parts', 1)})" for folder, m in found)
-        raise UserError(f"the attached prepared parts were made for different part counts {counts}: {listed}; "
-                        "attach the parts of one prepare run (`ichkaggle push run` does)")
-    n = counts[0]
-    by_part: dict[int, list[Path]] = {}
-    for folder, manifest in found:
-        by_part.setdefault(int(manifest.get("part", 0)), []).append(folder)
-    missing = [i for i in range(n) if i not in by_part]
-    twice = {i: folders for i, folders in by_part.items() if len(folders) > 1}
-    stray = sorted(i for i in by_part if not 0 <= i < n)
-    if missing or twice or stray:
-        problems = [f"part(s) {missing} missing"] if missing else []
-        problems += [f"part {i} attached twice: {', '.join(map(str, folders))}" for i, folders in sorted(twice.items())]
-        problems += [f"part(s) {stray} outside 0..{n - 1}"] if stray else []
-        raise UserError(f"the attached prepared data is not a complete set of {n} part(s): {'; '.join(problems)}")
-    return [by_part[i][0] for i in range(n)]
-
-
-def merged_view(parts: list[Path], dest: Path, split: str) -> Path:
-    """``dest/split``: the parts' ``split`` folders as one prepared folder, built from links and small
-    tables only (the shards are not copied): ``metadata.csv`` with ranks recomputed over whole series,
-    one ``shards/index.csv`` whose shard names carry their part, and ``prepare.json``."""
-    import pandas as pd
-
-    from .pack import INDEX, SHARDS, read_index, write_index
-    from .prepare import metadata_frame
-    from .prepared import METADATA, SETTINGS
-    from .tables import write_csv
-
-    out = dest / split
-    if out.exists():
-        shutil.rmtree(out)
-    (out / SHARDS).mkdir(parents=True)
-    rows, indexes = [], []
-    for i, part in enumerate(parts):
-        folder = part / split
-        if not (folder / SHARDS / INDEX).is_file():
-            raise UserError(f"{folder}: not a packed prepare output (no {SHARDS}/{INDEX}); prepare kernels pack")
-        text = {name: object for name in ("ID", "status", "error", "PatientID", "StudyInstanceUID",
-                                          "SeriesInstanceUID")}
-        frame = pd.read_csv(folder / METADATA, keep_default_na=False, na_values=[""], dtype=text)
-        rows += frame.assign(error=frame["error"].fillna("")).to_dict("records")
-        index = read_index(folder)
-        for name in sorted(set(index["shard"])):
-            os.symlink((folder / SHARDS / name).resolve(), out / SHARDS / f"p{i}-{name}")
-        indexes.append(index.assign(shard=[f"p{i}-{name}" for name in index["shard"]]))
-    shutil.copyfile(parts[0] / split / SETTINGS, out / SETTINGS)
-    write_index(out, pd.concat(indexes, ignore_index=True).sort_values("ID", kind="stable"))
-    write_csv(metadata_frame(rows), out / METADATA)
-    return out

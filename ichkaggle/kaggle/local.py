@@ -2,8 +2,8 @@
 
 Why: a run on Kaggle costs GPU hours and a day's submissions, and its kernels cannot be
 debugged there. :class:`LocalSession` answers every call the pipeline makes of a
-:class:`~ichkaggle.kaggle_api.KaggleSession` (push, status, outputs, quota, submission
-limits, submit, follow) from a :class:`~ichkaggle.kaggle_sandbox.Sandbox`, so ``run_pipeline``
+:class:`~ichkaggle.kaggle.api.KaggleSession` (push, status, outputs, quota, submission
+limits, submit, follow) from a :class:`~ichkaggle.kaggle.sandbox.Sandbox`, so ``run_pipeline``
 runs unchanged: the same rendered kernels, each in its own process with a ``/kaggle``-shaped
 tree, offline, without credentials, on CPU, with Kaggle's limits (GPU sessions at once, a
 session length the user can shorten, the output size, the quota charged by session time, a
@@ -26,19 +26,21 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import TableError, UserError
-from .files import write_atomic
-from .kaggle_api import COMPETITION, KaggleError, saved_kernel
-from .kaggle_credentials import scrub, secret_values
-from .kaggle_parts import KAGGLE_OUTPUT_BYTES, OUTPUT_LIMIT_BYTES
-from .kaggle_results import (
+from ..competition import SLUG as COMPETITION
+from ..errors import TableError, UserError
+from ..files import write_atomic
+from .api import saved_kernel
+from .contract import KAGGLE_OUTPUT_BYTES, OUTPUT_LIMIT_BYTES
+from .credentials import scrub, secret_values
+from .failures import KaggleError
+from .plan import Quota
+from .results import (
     KernelStatus,
     SubmissionInfo,
     SubmissionLimits,
     follow_submission,
 )
-from .kaggle_sandbox import Limits, Refused, Sandbox
-from .plan import Quota
+from .sandbox import Limits, Refused, Sandbox
 
 #: the synthetic competition a rehearsal makes when no --data is given: enough series for 5 folds
 REHEARSAL_TRAIN, REHEARSAL_TEST, REHEARSAL_SIZE = 200, 40, 64
@@ -164,8 +166,8 @@ def score_submission(csv: Path, competition: Path) -> tuple[str, str, str]:
     images sorted by id, every other one public; without the labels it is accepted unscored."""
     import numpy as np
 
-    from .metric import score_columns
-    from .tables import read_long_columns
+    from ..tables.csv_io import read_long_columns
+    from ..tables.metric import score_columns
 
     truth_csv = competition / "test_labels.csv"
     if not truth_csv.is_file():
@@ -193,7 +195,7 @@ def synthetic_competition(folder: Path, log: Callable[[str], None]) -> Path:
     """A small synthetic competition (with its test labels), made once."""
     done = folder / ".rehearsal-synth-done"
     if not done.is_file():
-        from .synth import load_config, synthesize
+        from ..synth.dataset import load_config, synthesize
 
         log(f"making a synthetic competition in {folder} ({REHEARSAL_TRAIN} train and {REHEARSAL_TEST} test slices, "
             f"{REHEARSAL_SIZE} px)")
@@ -208,7 +210,7 @@ def rehearsal_layout(root: Path, layout, config: str, owner: str, log: Callable[
     """The layout to run with: the checkout's package dataset when it is current and holds ``config``,
     else one built into ``root/datasets`` (with ``config`` when it is a file)."""
     from .bundle import SRC_DATASET, build_bundle, stale_bundle
-    from .kaggle_flow import kernel_config_name
+    from .flow import kernel_config_name
 
     reason = stale_bundle(layout.datasets / SRC_DATASET)
     if reason is None:
@@ -231,8 +233,8 @@ def rehearsal(root: str | Path, layout, config: str, owner: str, *, data: str | 
               limits: Limits | None = None, quota_hours: float = 30.0, submissions_per_day: int = 5,
               log: Callable[[str], None] = print) -> tuple[LocalSession, object]:
     """(the session, the layout) of a rehearsal under ``root``."""
+    from ..competition import check_competition_dir
     from .bundle import SRC_DATASET
-    from .demo import check_competition_dir
 
     limits = limits or Limits()
     root = Path(root).resolve()

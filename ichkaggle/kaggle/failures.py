@@ -1,7 +1,7 @@
 """Why a Kaggle call failed, in the terms the retry loop and the messages need.
 
 :func:`classify` turns what the client raises (``requests`` errors, the client's own
-``ValueError`` guesses over an HTTP status) into a :class:`Problem`: auth, forbidden,
+``ValueError`` guesses over an HTTP status) into a :class:`Failure`: auth, forbidden,
 not_found, transient (retried; a ``Retry-After`` is honoured), or other. A call that failed
 for good is a :class:`KaggleError` whose ``kind`` the pipeline acts on (``busy``: Kaggle's
 GPU-session cap, wait and push again; ``refused``; ``timeout``...).
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class KaggleError(UserError):
@@ -28,7 +28,9 @@ class KaggleError(UserError):
 
 
 @dataclass(frozen=True)
-class Problem:
+class Failure:
+    """Why one attempt of a call failed: what the retry loop decides on and the message says."""
+
     kind: str  # auth | forbidden | not_found | transient | refused | other
     text: str
     status: int | None = None
@@ -65,7 +67,7 @@ def retry_after(value: str | None, now: Callable[[], float] = time.time) -> floa
         return None
 
 
-def classify(err: Exception) -> Problem:
+def classify(err: Exception) -> Failure:
     """What went wrong, in the terms the retry loop and the messages need."""
     import requests
     import urllib3.exceptions as u3  # requests' own transport
@@ -75,22 +77,22 @@ def classify(err: Exception) -> Problem:
         # the client turns some HTTP errors into a ValueError with its own guess (e.g. 401 on a
         # kernel becomes "wrong kernel slug"): the status underneath decides
         problem = classify(context)
-        return Problem(problem.kind, f"{problem.text} ({err})" if problem.kind != "auth" else problem.text,
+        return Failure(problem.kind, f"{problem.text} ({err})" if problem.kind != "auth" else problem.text,
                        problem.status, problem.retry_after)
     if isinstance(err, requests.HTTPError) and err.response is not None:
         status = err.response.status_code
         message = _server_message(err.response) or str(err)
         kind = {401: "auth", 403: "forbidden", 404: "not_found"}.get(status)
         if kind:
-            return Problem(kind, message, status)
+            return Failure(kind, message, status)
         if status == 429 or status >= 500:
             wait = retry_after(err.response.headers.get("Retry-After")) if status in (429, 503) else None
-            return Problem("transient", f"HTTP {status}: {message}", status, wait)
-        return Problem("other", f"HTTP {status}: {message}", status)
+            return Failure("transient", f"HTTP {status}: {message}", status, wait)
+        return Failure("other", f"HTTP {status}: {message}", status)
     if isinstance(err, (requests.ConnectionError, requests.Timeout, u3.ProtocolError, u3.TimeoutError,
                         u3.NewConnectionError)):
-        return Problem("transient", _connection_text(err))
+        return Failure("transient", _connection_text(err))
     text = str(err) or type(err).__name__
     if "Permission 'kernels.get' was denied" in text:
-        return Problem("forbidden", text, 403)
-    return Problem("other", text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}")
+        return Failure("forbidden", text, 403)
+    return Failure("other", text if isinstance(err, ValueError) else f"{type(err).__name__}: {text}")

@@ -8,10 +8,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import TableError, UserError
-from .files import sha256_file
-from .kaggle_api import COMPETITION, KaggleSession
-from .kaggle_results import SUBMIT_POLLING, Polling
+from ..competition import SLUG as COMPETITION
+from ..errors import TableError, UserError
+from ..files import sha256_file
+from .api import KaggleSession
+from .results import SUBMIT_POLLING, Polling
 
 _print = functools.partial(print, flush=True)
 
@@ -21,7 +22,7 @@ def self_check(csv: Path):
     (which images belong to the test set can only be checked with --sample)."""
     import pandas as pd
 
-    from .submission import check_submission
+    from ..tables.submission import check_submission
 
     try:
         ids = pd.read_csv(csv, usecols=["ID"], dtype=str, keep_default_na=False)["ID"]
@@ -32,12 +33,13 @@ def self_check(csv: Path):
         return check_submission(csv, sample)
     except TableError as err:
         raise UserError(f"{csv}: not a valid submission: "
-                        + str(err).replace("the sample submission", "it").replace("; is it a sample submission?", ""))
+                        + str(err).replace("the sample submission", "it").replace("; is it a sample submission?", "")
+                        ) from None
 
 
 def check_csv(csv: str | os.PathLike, sample: str | os.PathLike | None = None) -> list[str]:
     """The check's lines; raises UserError (nothing is uploaded) when the file is invalid."""
-    from .submission import check_submission
+    from ..tables.submission import check_submission
 
     csv = Path(csv)
     if not csv.is_file():

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 NEW_TOKEN_HELP = "create a new API token at https://www.kaggle.com/settings (API -> Create New Token)"
 

@@ -7,7 +7,7 @@ trains and scores by a throughput, from the first source that has one (each plan
 which): the latest finished session of that config on that accelerator (``push run``
 records it), the user's ``--throughput``, the reference table :data:`REFERENCE` (which says
 where its figures come from), else a reference scaled by the model's FLOPs
-(:mod:`ichkaggle.kaggle_flops`, torch imported only then). No network here.
+(:mod:`ichkaggle.kaggle.flops`, torch imported only then). No network here.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .files import write_atomic
-from .kaggle_parts import OUTPUT_LIMIT_BYTES, STAGE2_TEST_IMAGES, PartsPlan, plan_parts
+from ..errors import UserError
+from ..files import write_atomic
+from .contract import OUTPUT_LIMIT_BYTES
+from .parts import STAGE2_TEST_IMAGES, PartsPlan, plan_parts
 
 #: Kaggle's accelerator ids (``--accelerator``, ``machine_shape``): what each one is
 ACCELERATORS = {
@@ -54,7 +55,7 @@ REFERENCE = {
     ("efficientnet_b5", "NvidiaTeslaP100"): 122.0,
 }
 REFERENCE_SOURCE = ("estimate: H200 model-alone measurement / 9 (T4 x2) or / 11 (P100), see "
-                    "ichkaggle.plan.REFERENCE")
+                    "ichkaggle.kaggle.plan.REFERENCE")
 REFERENCE_SIZE = 224
 
 
@@ -92,8 +93,8 @@ class Plan:
         prepare = (f", after the prepare kernel(s) (~{self.parts.hours_per_part:.1f} h each, CPU, at once)"
                    if self.parts else "")
         return (f"~{self.rounds} round(s) of <= {self.session_hours:g} h ({self.folds} fold(s) x "
-                f"{self.sessions_per_fold} session(s), {self.max_gpu_sessions} at once; ~{self.hours_per_session:.1f} h "
-                f"each), then the infer kernel{prepare}")
+                f"{self.sessions_per_fold} session(s), {self.max_gpu_sessions} at once; "
+                f"~{self.hours_per_session:.1f} h each), then the infer kernel{prepare}")
 
     def lines(self, quota: Quota | None = None) -> list[str]:
         out = [
@@ -188,7 +189,7 @@ def throughput(experiment, accelerator: str, records: str | os.PathLike | None =
         raise UserError(f"no throughput for {arch} on {accelerator}: no session of {experiment.name} has run there "
                         f"and the reference table has no figure for that accelerator (it knows "
                         f"{', '.join(ACCELERATORS)}): pass --throughput IMG_PER_S")
-    from .kaggle_flops import forward_gflops
+    from .flops import forward_gflops
 
     flops = forward_gflops(arch, size, in_channels(experiment), records)
     ref_flops = {a: forward_gflops(a, REFERENCE_SIZE, 3, records) for a in sorted(references)}
@@ -211,7 +212,7 @@ def make_plan(experiment, folds: int, accelerator: str, *, records: str | os.Pat
     ips, source = throughput(experiment, accelerator, records, throughput_given)
     parts_plan = None
     if data.source != "dicom":  # the kernels decode the DICOMs themselves: nothing to prepare
-        from .kaggle_parts import MAX_SOURCES
+        from .parts import MAX_SOURCES
 
         fmt = "jpg" if len(data.windows) in (1, 3) else "png"  # as the prepare kernel picks it
         parts_plan = plan_parts(fmt, len(data.windows), data.size, train_images + test_images, limit=part_limit,

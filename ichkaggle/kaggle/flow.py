@@ -7,7 +7,7 @@ built on these is ``kaggle_pipeline``).
   and no credential (checked);
 - :func:`push_kernels` / :func:`push_dataset`: push through :class:`~.kaggle_api.KaggleSession`,
   follow the versions with bounded backoff, download the outputs and the log;
-- submissions (:func:`check_csv` / :func:`submit_csv`) are :mod:`ichkaggle.kaggle_submit`'s.
+- submissions (:func:`check_csv` / :func:`submit_csv`) are :mod:`ichkaggle.kaggle.submit`'s.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..competition import SLUG as COMPETITION
+from ..errors import UserError
+from ..experiment import CONFIG_DIR, load_experiment
+from .api import PLACEHOLDER_OWNER, KaggleSession
 from .bundle import (
     SRC_DATASET,
     dataset_files,
@@ -32,21 +36,9 @@ from .bundle import (
     render_dataset_metadata,
     stale_bundle,
 )
-from .errors import UserError
-from .experiment import CONFIG_DIR, load_experiment
-from .kaggle_api import (
-    COMPETITION,
-    KERNEL_FAILED,
-    PLACEHOLDER_OWNER,
-    KaggleError,
-    KaggleSession,
-    KernelStatus,
-    PushedKernel,
-    poll,
-    secret_values,
-)
-from .kaggle_results import DEFAULT_POLLING, Polling
-from .kaggle_submit import check_csv, self_check, submit_csv  # noqa: F401 (re-exported)
+from .credentials import secret_values
+from .failures import KaggleError
+from .results import DEFAULT_POLLING, KERNEL_FAILED, KernelStatus, Polling, PushedKernel, poll
 
 TRAIN = "train"
 INFER = "infer"

@@ -21,17 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .kaggle_errors import KaggleError
-from .kaggle_flow import (
-    KernelJob,
-    Polling,
-    failure_text,
-    fetch_outputs,
-    last_words,
-    push_job,
-)
-from .kaggle_results import KERNEL_FAILED, KERNEL_TERMINAL, PushedKernel
+from ..errors import UserError
+from .failures import KaggleError
+from .flow import KernelJob, failure_text, fetch_outputs, last_words, push_job
+from .results import KERNEL_FAILED, KERNEL_TERMINAL, Polling, PushedKernel
 
 #: a version's failure message when Kaggle (or the rehearsal) killed it at its session limit.
 #: ASSUMPTION: Kaggle's exact wording is not documented; this matches "exceeded ... time/duration",

@@ -1,6 +1,6 @@
 """``ichkaggle push run``: prepare once, train every fold in chained sessions, infer, submit; resumable.
 
-1. **plan**: what the folds will cost (:mod:`ichkaggle.plan`): GPU-hours against the weekly
+1. **plan**: what the folds will cost (:mod:`ichkaggle.kaggle.plan`): GPU-hours against the weekly
    quota (a plan larger than what is left is refused unless ``--force``), the wall clock in
    rounds of sessions, and the prepare kernels the image settings need; a setting that cannot
    fit Kaggle's output limit even in parts is refused here, before anything is pushed.
@@ -8,7 +8,7 @@
    prepares its share of train and test, packed, as its output; the parts are reused by every
    config and fold with those settings.
 3. **train**: each fold in sessions, at most ``max_gpu_sessions`` GPU kernels at once
-   (:mod:`ichkaggle.kaggle_schedule`: Kaggle runs 2 per account and refuses a third push). A
+   (:mod:`ichkaggle.kaggle.schedule`: Kaggle runs 2 per account and refuses a third push). A
    session stops itself before the limit with everything saved; when a fold is not complete
    its next session ``s<n+1>`` is pushed with ``s<n>``'s output attached and continues exactly
    there. A session killed at its limit anyway is pushed again once, with a larger saving
@@ -31,27 +31,29 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from .errors import UserError
-from .files import sha256_file, write_atomic
-from .kaggle_api import COMPETITION, KaggleError, KaggleSession, PushedKernel
-from .kaggle_flow import (
+from ..competition import SLUG as COMPETITION
+from ..errors import UserError
+from ..files import sha256_file, write_atomic
+from ..prepared.reader import settings_for
+from .api import KaggleSession
+from .contract import PREPARE_MANIFEST, TRAIN_MANIFEST
+from .failures import KaggleError
+from .flow import (
     INFER,
     TRAIN,
     KernelJob,
     Layout,
-    Polling,
     _print,
     experiment_folds,
     kernel_config_name,
     kernel_template,
     warn_if_stale,
 )
-from .kaggle_kernel import PREPARE_MANIFEST, TRAIN_MANIFEST, _image_settings
-from .kaggle_parts import MAX_SOURCES, slug_suffix
-from .kaggle_results import DEFAULT_POLLING
-from .kaggle_schedule import Scheduler, Unit
-from .kaggle_submit import check_csv
+from .parts import MAX_SOURCES, slug_suffix
 from .plan import MAX_GPU_SESSIONS, make_plan, margin_minutes, record_throughput
+from .results import DEFAULT_POLLING, Polling, PushedKernel
+from .schedule import Scheduler, Unit
+from .submit import check_csv
 
 PREPARE = "prepare"
 #: 3: the number of prepare parts, the sessions pushed again after a kill, each fold's last progress
@@ -106,7 +108,7 @@ def prepare_jobs(layout: Layout, config: str, experiment, parts: int = 1) -> lis
     """Named after the image settings, so the parts serve every config sharing them; one part keeps
     the slug runs made before parts existed."""
     template, slug, title = kernel_template(layout, PREPARE)
-    settings = _image_settings(experiment)
+    settings = settings_for(experiment.data)
     digest = hashlib.sha1(json.dumps(settings.as_json(), sort_keys=True).encode()).hexdigest()[:6]
     key = f"{settings.size}px-{settings.format}-{digest}"
     return [KernelJob(PREPARE, template, f"{slug}-{key}{slug_suffix(i, parts)}",

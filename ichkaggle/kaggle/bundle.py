@@ -21,8 +21,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UserError
-from .files import write_atomic
+from ..errors import UserError
+from ..files import write_atomic
 
 SRC_DATASET = "ichkaggle-src"
 #: 1980-01-01T00:00:00Z: the earliest time a zip entry can hold; SOURCE_DATE_EPOCH overrides it
@@ -83,7 +83,7 @@ def project_root(start: str | os.PathLike | None = None) -> Path:
             raise UserError(f"{root}: no pyproject.toml of the ichkaggle project here")
         return root
     here = Path.cwd().resolve()
-    for folder in (here, *here.parents, Path(__file__).resolve().parents[1]):
+    for folder in (here, *here.parents, Path(__file__).resolve().parents[2]):
         if _is_project(folder):
             return folder
     raise UserError("cannot find the ichkaggle source (pyproject.toml): run from the checkout or pass --source")
@@ -195,7 +195,7 @@ def wheel_bytes(project: Project, files: list[Path], epoch: int | None = None) -
     dist_info = f"{project.name}-{project.version}.dist-info"
     entries = sorted((path.relative_to(project.root).as_posix(), path.read_bytes()) for path in files)
     entries.append((f"{dist_info}/METADATA", _metadata_text(project).encode()))
-    entries.append((f"{dist_info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: ichkaggle.bundle\n"
+    entries.append((f"{dist_info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: ichkaggle.kaggle.bundle\n"
                                           b"Root-Is-Purelib: true\nTag: py3-none-any\n"))
     if project.scripts:
         scripts = "".join(f"{name} = {target}\n" for name, target in sorted(project.scripts.items()))
@@ -258,7 +258,7 @@ def build_bundle(out: str | os.PathLike | None = None, owner: str | None = None,
     project = read_project(project_root(source))
     out = Path(out) if out is not None else project.root / "datasets" / SRC_DATASET
     if secrets is None:
-        from .kaggle_api import secret_values
+        from .credentials import secret_values
 
         secrets = secret_values()
     allowed, other = package_files(project)
@@ -273,7 +273,7 @@ def build_bundle(out: str | os.PathLike | None = None, owner: str | None = None,
     if out.is_dir():
         refuse_credentials(sorted(p for p in out.iterdir() if p.is_file()), secrets, content=False)
     if extras:
-        from .experiment import load_experiment
+        from ..experiment import load_experiment
 
         for path in extras:  # a config that cannot load would fail on Kaggle, an hour in
             load_experiment(path)

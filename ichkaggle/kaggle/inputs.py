@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import replace
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 INPUT_ROOT = "/kaggle/input"
 #: folders never listed by the search (huge, or never holding what is looked for)
@@ -48,20 +48,18 @@ def search(root: str | os.PathLike, name: str, max_depth: int = 4) -> list[Path]
 
 def find_competition_dir(input_root: str | os.PathLike = INPUT_ROOT) -> Path:
     """The folder holding ``stage_2_train.csv`` (and the rest of the competition files)."""
-    from .demo import check_competition_dir
+    from ..competition import SLUG, check_competition_dir
 
     found = search(input_root, "stage_2_train.csv", max_depth=4)
     if not found:
-        from .kaggle_api import COMPETITION
-
-        raise UserError(f"no stage_2_train.csv under {input_root}: attach the competition {COMPETITION} to the kernel")
+        raise UserError(f"no stage_2_train.csv under {input_root}: attach the competition {SLUG} to the kernel")
     check_competition_dir(found[0].parent)
     return found[0].parent
 
 
 def resolve_config(config: str | os.PathLike, input_root: str | os.PathLike = INPUT_ROOT) -> Path:
     """A config path, else ``<name>.toml`` of an attached dataset, else a config in the package."""
-    from .experiment import resolve_path
+    from ..experiment import resolve_path
 
     path = Path(config)
     if path.is_file():
