@@ -60,7 +60,7 @@ def _command_parser(name: str) -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     module.add_arguments(parser)
-    parser.set_defaults(func=module.run)
+    parser.set_defaults(func=module.main)
     return parser
 
 

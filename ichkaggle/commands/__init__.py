@@ -1,1 +1,1 @@
-"""Subcommands of the ichkaggle CLI: each module has add_arguments(parser) and run(args) -> exit code."""
+"""Subcommands of the ichkaggle CLI: each module has add_arguments(parser) and main(args) -> exit code."""

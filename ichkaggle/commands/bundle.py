@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the checkout to bundle; None: the one holding the cwd, else the package's")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..kaggle.bundle import build_bundle
     from ..kaggle.credentials import find_credentials
 

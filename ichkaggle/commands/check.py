@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the competition's sample submission (stage_2_sample_submission.csv)")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..tables.submission import check_submission
 
     report = check_submission(args.submission_csv, args.sample)

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="prepare processes (default: all cores)")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     run_demo(args.workdir, args.data, args.config, args.train, args.test, args.seed,

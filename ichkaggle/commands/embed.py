@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", default=None, metavar="CSV", help="also write OUT/submission_2d.csv for it")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..experiment import load_experiment
     from ..prepared.reader import read_slices
     from ..sequence.stage import OOF, TEST, out_of_fold, save_fill_rates, test_slices

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out_csv", metavar="OUT_CSV", help="wide CSV to write (replaced atomically)")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from .. import LABELS
     from ..tables.labels import any_violations, describe_any_violations, read_long_csv, write_wide_csv
 

@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..prepared.pack import pack_folder
 
     result = pack_folder(args.prepared, keep_images=args.keep_images, show_progress=not args.quiet)

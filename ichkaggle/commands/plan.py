@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offline", action="store_true", help="do not ask Kaggle for the remaining quota")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..kaggle.flow import Layout, experiment_folds, parse_folds
     from ..kaggle.parts import STAGE2_TEST_IMAGES

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-tta", action="store_true", help="plain predictions (faster)")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..experiment import load_experiment
     from ..prepared.reader import read_slices
     from ..tables.submission import write_checked

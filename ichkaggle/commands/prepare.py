@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..prepared.prepare import PrepareSettings, prepare
 
     settings = PrepareSettings(size=args.size or None, windows=parse_windows(args.windows), format=args.format,

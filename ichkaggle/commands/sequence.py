@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", default=None, metavar="CSV", help="predict: stage_2_sample_submission.csv")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..experiment import load_experiment
     from ..sequence.models import predict_test

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="give up waiting for the score after this long")
 
 
-def run(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace) -> int:
     from ..kaggle.api import KaggleSession
     from ..kaggle.credentials import find_credentials
     from ..kaggle.results import Polling

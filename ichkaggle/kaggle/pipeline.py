@@ -64,7 +64,7 @@ HINT = ("\nfix the cause (then `ichkaggle bundle` + `push dataset` if the code c
         "again: finished kernels are kept, failed ones are pushed again")
 
 
-class RunState:
+class PipelineState:
     """The pipeline's JSON state file: what was pushed, each version's status, the folds' sessions, the submission."""
 
     def __init__(self, path: Path, data: dict):
@@ -74,7 +74,7 @@ class RunState:
         data["version"] = STATE_VERSION
 
     @classmethod
-    def load(cls, path: Path, identity: dict) -> RunState:
+    def load(cls, path: Path, identity: dict) -> PipelineState:
         if path.is_file():
             data = json.loads(path.read_text())
             theirs = {k: data.get(k) for k in identity}
@@ -151,7 +151,7 @@ def max_parts(layout: Layout, folds: int) -> int:
 class _Run:
     """The units the scheduler runs, over one run's state, layout and plan."""
 
-    def __init__(self, session, state: RunState, owner: str, layout: Layout, config: str, experiment,
+    def __init__(self, session, state: PipelineState, owner: str, layout: Layout, config: str, experiment,
                  accelerator: str, log: Callable[[str], None]):
         self.session, self.state, self.owner, self.layout, self.config = session, state, owner, layout, config
         self.experiment, self.accelerator, self.log = experiment, accelerator, log
@@ -251,7 +251,7 @@ def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config: str
     accelerator = accelerator or DEFAULT_GPU
     identity = {"config": kernel_config_name(config, layout), "folds": folds, "owner": owner}
     state_path = state_path or layout.out / f"{identity['config']}-folds{'-'.join(map(str, folds))}.json"
-    state = RunState.load(Path(state_path), identity)
+    state = PipelineState.load(Path(state_path), identity)
     warn_if_stale(layout)
     log(f"run {experiment.name}, folds {folds}, on {accelerator}, as {owner}, at most {max_gpu_sessions} GPU "
         f"session(s) at once; state: {state.path}")
@@ -297,7 +297,7 @@ def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config: str
     return state.data
 
 
-def submit_once(session: KaggleSession, state: RunState, csv: Path, message: str, sample, competition: str,
+def submit_once(session: KaggleSession, state: PipelineState, csv: Path, message: str, sample, competition: str,
                 polling: Polling, log: Callable[[str], None]) -> None:
     """Submit ``csv`` unless this very file was submitted already (or the day's allowance is spent);
     follow it by its ref until scored."""

@@ -59,7 +59,7 @@ class Scheduler:
     """Pushes and follows units' kernels (see the module docstring); ``run`` returns when all are done."""
 
     session: object  # KaggleSession or a session-like object (the local rehearsal's)
-    state: object  # kaggle_pipeline.RunState
+    state: object  # kaggle.pipeline.PipelineState
     owner: str
     polling: Polling
     out: Path
