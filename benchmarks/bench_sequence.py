@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     result = train_sequence(oof, cfg)
     trained = time.time() - started
     started = time.time()
-    probs = predict_test(result.models, test, cfg.batch_series)
+    probs = predict_test(result.models, test, cfg.batch_series, cfg.tta)
     predicted = time.time() - started
     print(f"| step | seconds |\n|---|---:|\n| train {len(result.models)} models (k-fold) | {trained:.0f} |\n"
           f"| predict the test slices | {predicted:.0f} |")

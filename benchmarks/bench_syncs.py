@@ -42,14 +42,15 @@ def prepared_set(work: Path, n: int):
 def count(table, folder: Path, out: Path, batches: int, epochs: int, bs: int, arch: str, optimizer: str,
           precision: str) -> dict:
     """The host syncs of one whole ``train`` run, by call."""
-    from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig
+    from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig, TrainConfig
     from ichkaggle.train.host_syncs import HostSyncs
     from ichkaggle.train.loop import train
 
     experiment = Experiment(
-        "syncs", ModelConfig(arch=arch, precision=precision),
+        "syncs", ModelConfig(arch=arch),
         DataConfig(size=32, batch_size=bs, n_folds=2, samples_per_epoch=float(batches * bs), valid_samples=2 * bs),
-        (Phase("p", epochs, 1e-3, optimizer=optimizer),), PredictConfig(tta=False))
+        (Phase("p", epochs, 1e-3, optimizer=optimizer),), PredictConfig(tta=False),
+        train=TrainConfig(precision=precision))
     with HostSyncs() as syncs:
         train(table, folder, experiment, out)
     return dict(syncs.counts)

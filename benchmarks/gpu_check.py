@@ -61,14 +61,14 @@ def resume(work: Path) -> dict:
     import bench_syncs
     import pandas as pd
 
-    from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig
+    from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig, TrainConfig
     from ichkaggle.train.loop import train
 
     table = bench_syncs.prepared_set(work / "resume", 240)
     phases = (Phase("frozen", 2, 3e-3, freeze=True), Phase("unfrozen", 2, 1e-3, optimizer="radam",
                                                               schedule="flat_cos", pct_start=0.5))
-    experiment = Experiment("resume", ModelConfig(), DataConfig(size=32, batch_size=16, n_folds=2,
-                                                                 deterministic=True), phases, PredictConfig(tta=False))
+    experiment = Experiment("resume", ModelConfig(), DataConfig(size=32, batch_size=16, n_folds=2),
+                            phases, PredictConfig(tta=False), train=TrainConfig(deterministic=True))
 
     class StopAfter:
         def __init__(self, n):

@@ -31,6 +31,7 @@ OPTIMIZERS = {
     "sgd": ("SGD", {"momentum": 0.0, "weight_decay": 0.0}),
 }
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+LOSSES = ("metric", "equal")
 DECODERS = ("cpu", "gpu", "auto")
 SCHEDULES = ("one_cycle", "flat_cos")
 
@@ -41,8 +42,6 @@ class ModelConfig:
     #: a local weights file (timm's pretrained_cfg_overlay); "" = random init, no download ever
     weights: str = ""
     normalize: str = "imagenet"
-    #: "auto": bf16 on GPUs that have it, fp16 (with a loss scaler) on older ones, fp32 on a CPU
-    precision: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -52,8 +51,6 @@ class DataConfig:
     fold: int = 0
     n_folds: int = 5
     seed: int = 0
-    #: bitwise-reproducible GPU kernels (cuDNN deterministic) instead of the fastest (cuDNN benchmark)
-    deterministic: bool = False
     windows: tuple[str, ...] = ("brain", "subdural", "bone")
     #: the prepared images' format: "jpg", "png", "npy", or "auto" (JPEG for 1 or 3 windows, else
     #: PNG, when preparing; any format of the right size and windows, when reading)
@@ -89,6 +86,24 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """How the CNN learns, whatever the data and the phases."""
+
+    #: "metric": binary cross-entropy with the metric's label weights (any x2, normalised to a mean
+    #: of 1); "equal": every label alike (the seed's loss)
+    loss: str = "metric"
+    #: an exponential moving average of the weights (timm's ModelEmaV3), this decay a step (with
+    #: warm-up); the kept epoch is the better of the plain and the averaged model. 0: none. 0.99
+    #: averages about the last 100 steps (one demo epoch); runs of thousands of steps an epoch
+    #: may want 0.999
+    ema: float = 0.99
+    #: "auto": bf16 on GPUs that have it, fp16 (with a loss scaler) on older ones, fp32 on a CPU
+    precision: str = "auto"
+    #: bitwise-reproducible GPU kernels (cuDNN deterministic) instead of the fastest (cuDNN benchmark)
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
 class Phase:
     name: str
     epochs: int
@@ -121,6 +136,10 @@ class SequenceConfig:
     lr: float = 0.003
     batch_series: int = 32
     seed: int = 0
+    #: "metric": the metric's label weights in the loss; "equal": every label alike
+    loss: str = "metric"
+    #: each series also read backwards, the two predictions averaged
+    tta: bool = True
 
 
 @dataclass(frozen=True)
@@ -131,6 +150,7 @@ class Experiment:
     phases: tuple[Phase, ...] = ()
     predict: PredictConfig = field(default_factory=PredictConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     description: str = ""
 
     def to_toml(self) -> str:
@@ -283,7 +303,12 @@ def validate(experiment: Experiment, where: str = "experiment") -> None:
     _check(data.image_format in ("auto", "jpg", "png", "npy"), f"{at} image_format", data.image_format,
            "'auto', 'jpg', 'png' or 'npy'")
     _check(data.decode in DECODERS, f"{at} decode", data.decode, f"one of {DECODERS}")
-    _check(model.precision in PRECISIONS, f"{where} [model] precision", model.precision, f"one of {PRECISIONS}")
+    train = experiment.train
+    _check(train.precision in PRECISIONS, f"{where} [train] precision", train.precision, f"one of {PRECISIONS}")
+    _check(train.loss in LOSSES, f"{where} [train] loss", train.loss, f"one of {LOSSES}")
+    _check(0 <= train.ema < 1, f"{where} [train] ema", train.ema, "a decay in [0, 1) (0: no average)")
+    _check(experiment.sequence.loss in LOSSES, f"{where} [sequence] loss", experiment.sequence.loss,
+           f"one of {LOSSES}")
     _check(model.normalize in ("imagenet", "none"), f"{where} [model] normalize", model.normalize,
            "'imagenet' or 'none'")
     _check(predict.tta_n >= 1, f"{where} [predict] tta_n", predict.tta_n, "must be >= 1")

@@ -324,7 +324,7 @@ def test_a_training_batch_makes_no_host_sync(prepared, tmp_path):  # noqa: F811
         counts.append(syncs.total)
     assert (counts[1] - counts[0]) / (2 * 8) <= 0.1, counts
     assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
-    train(folds, root / "train", replace(experiment, data=replace(experiment.data, deterministic=True)),
+    train(folds, root / "train", replace(experiment, train=replace(experiment.train, deterministic=True)),
           tmp_path / "bitwise")
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
 

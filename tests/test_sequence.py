@@ -82,6 +82,23 @@ def test_the_stage_starts_as_the_identity_and_learns_from_neighbours():
     assert result.scores["sequence_oof"] == pytest.approx(weighted_log_loss(table.targets, result.oof))
 
 
+def test_sequence_tta_averages_each_series_read_forwards_and_backwards():
+    from dataclasses import replace as swap
+
+    from ichkaggle.experiment import SequenceConfig
+    from ichkaggle.sequence.models import build_model, predict_series
+
+    table = _table(n_series=4)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = build_model(SequenceConfig(model="gru", embedding_dims=4, hidden=8), table.embeddings.shape[1])
+    torch.nn.init.normal_(model.out.weight, std=0.5)  # not the identity: the reading direction matters
+    forwards = predict_series(model, table)
+    backwards = predict_series(model, swap(table, position=-table.position))  # every series in the other order
+    assert np.abs(forwards - backwards).max() > 1e-3
+    np.testing.assert_allclose(predict_series(model, table, tta=True), (forwards + backwards) / 2, atol=1e-6)
+
+
 def test_gaps_say_where_a_slice_is_missing():
     from ichkaggle.sequence.models import gap_features
 
@@ -196,19 +213,26 @@ def test_embed_and_sequence_commands_write_checked_submissions_filling_failed_sl
             assert rows[f"{broken}_{label}"] == pytest.approx(np.clip(expected, 1e-6, 1 - 1e-6), rel=1e-5)
 
 
-def test_demo_writes_both_submissions_and_the_series_picture(tmp_path, monkeypatch, capsys):
+def test_demo_blends_two_cnns_runs_the_sequence_stage_and_writes_every_checked_submission(tmp_path, monkeypatch,
+                                                                                         capsys):
     from ichkaggle.demo import run_demo
 
     monkeypatch.chdir(tmp_path)  # a relative --workdir, as the README runs it
     result = run_demo("w", n_train=150, n_test=30, epochs=1, workers=1, phantom_size=64)
     out = capsys.readouterr().out
-    assert (tmp_path / "w" / "submission_2d.csv").exists() and result.submission.name == "submission.csv"
-    assert "CNN alone (submission_2d)" in out and "sequence stage (submission)" in out
-    assert set(result.scores) == {"constant prior (training rates)", "CNN alone (submission_2d)",
-                                  "sequence stage (submission)"}
-    report = (tmp_path / "w" / "report.md").read_text()
-    assert "| sequence stage (submission) |" in report and "series.png" in report
-    assert (tmp_path / "w" / "series.png").exists() and (tmp_path / "w" / "run0" / "report.md").exists()
-    assert (tmp_path / "w" / "run0" / "montage.png").exists() and (tmp_path / "w" / "run0" / "loss.png").exists()
-    assert (tmp_path / "w" / "prepared" / "train" / "shards" / "index.csv").exists()  # the packed layout
-    assert result.test_score > 0 and result.prior_score > 0
+    work = tmp_path / "w"
+    names = ["CNN demo (submission_demo)", "CNN demo_resnet (submission_demo_resnet)",
+             "blend of the CNNs (submission_2d)", "blend + sequence stage (submission)"]
+    assert list(result.scores) == ["constant prior (training rates)", *names]
+    for name in names:
+        assert (work / f"{name.split('(')[1][:-1]}.csv").exists() and name in out
+    assert result.submission == work / "submission.csv"
+    assert set(result.oof) == {"CNN demo", "CNN demo_resnet", "blend of the CNNs", "blend + sequence stage"}
+    report = (work / "report.md").read_text()
+    assert "| blend + sequence stage (submission) |" in report and "series.png" in report
+    assert (work / "series.png").exists() and (work / "demo" / "run0" / "report.md").exists()
+    assert (work / "demo_resnet" / "run2" / "montage.png").exists() and (work / "demo" / "run0" / "loss.png").exists()
+    assert (work / "prepared" / "train" / "shards" / "index.csv").exists()  # the packed layout, prepared once
+    scores = json.loads((work / "scores.json").read_text())
+    assert scores["configs"] == ["demo", "demo_resnet"] and len(scores["blend"]["weights"]) == 6
+    assert (work / "results" / "results.md").exists() and (work / "results" / "results.csv").exists()

@@ -11,7 +11,7 @@ import pytest
 
 from ichkaggle.cli import main
 from ichkaggle.errors import UserError
-from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig
+from ichkaggle.experiment import DataConfig, Experiment, ModelConfig, Phase, PredictConfig, TrainConfig
 
 from .conftest import tiny_prepared
 
@@ -25,13 +25,15 @@ def torch():
     return torch
 
 
-def tiny_experiment(epochs=2, lr=3e-3, tta=True, augment=True, weights="", phases=None, **data) -> Experiment:
+def tiny_experiment(epochs=2, lr=3e-3, tta=True, augment=True, weights="", phases=None, train=None,
+                    **data) -> Experiment:
     base = DataConfig(size=32, batch_size=16, fold=0, n_folds=2, flip=augment,
                       max_rotate=10.0 if augment else 0.0, max_zoom=1.05 if augment else 1.0)
     return Experiment(
         name="tiny",
         model=ModelConfig(arch="efficientnet_b0", weights=weights),
         data=replace(base, **data),
+        train=train or TrainConfig(ema=0.0),  # the plain model: tests of the average ask for it
         phases=phases or (Phase(name="train", epochs=epochs, lr=lr),),
         predict=PredictConfig(tta=tta, tta_n=2),
     )
@@ -194,12 +196,14 @@ def _two_phases():
     phases = (Phase(name="frozen", epochs=2, lr=3e-3, freeze=True, optimizer="adam", schedule="one_cycle"),
               Phase(name="unfrozen", epochs=3, lr=1e-3, optimizer="radam", schedule="flat_cos", pct_start=0.5))
     # augmentation on, short epochs; bitwise-reproducible kernels (on a GPU cuDNN's fastest are not)
-    return tiny_experiment(phases=phases, samples_per_epoch=0.5, batch_size=8, deterministic=True)
+    return tiny_experiment(phases=phases, samples_per_epoch=0.5, batch_size=8,
+                           train=TrainConfig(ema=0.0, deterministic=True))
 
 
-@pytest.mark.parametrize("sessions", [(2,), (1, 3, 1)])  # the last: every epoch, not the evaluation
-def test_a_resumed_run_reproduces_the_uninterrupted_one(prepared, tmp_path, sessions):
+@pytest.mark.parametrize("sessions, ema", [((2,), 0.0), ((1, 3, 1), 0.0), ((2, 1), 0.9)])  # (1, 3, 1): every
+def test_a_resumed_run_reproduces_the_uninterrupted_one(prepared, tmp_path, sessions, ema):  # epoch, not the end
     experiment = _two_phases()
+    experiment = replace(experiment, train=replace(experiment.train, ema=ema))
     whole = _train(prepared, experiment, tmp_path / "whole")
     run = tmp_path / "parts"
     for n in sessions:  # stopped after n epochs each time, then resumed
@@ -305,3 +309,38 @@ def test_distributed_training_with_two_cpu_processes(prepared, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("epoch 1/1") == 1  # only rank 0 logs
     assert (tmp_path / "run" / "models" / "final.pth").exists() and (tmp_path / "run" / "report.md").exists()
+
+
+# ----------------------------------------------------------------------------- the loss and the weight average
+
+
+def test_the_metric_loss_weighs_any_twice_and_equal_is_the_seeds(torch):
+    from ichkaggle.experiment import TrainConfig
+    from ichkaggle.train.learner import loss_function
+
+    logits, targets = torch.zeros(4, 6), torch.zeros(4, 6)
+    logits[:, 0] = 3.0  # a confident mistake on `any` only
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    assert torch.allclose(loss_function(TrainConfig(loss="equal"))(logits, targets), plain)
+    metric = loss_function(TrainConfig())(logits, targets)  # the default
+    per = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    expected = (per * torch.tensor([2.0, 1, 1, 1, 1, 1]) / (7 / 6)).mean()
+    assert torch.allclose(metric, expected) and metric > plain  # the `any` error counts twice, then rescaled
+    ones = torch.ones(4, 6)
+    assert torch.allclose(loss_function(TrainConfig())(ones, ones), loss_function(TrainConfig(loss="equal"))(ones,
+                                                                                                          ones))
+
+
+def test_the_weight_average_is_scored_each_epoch_and_kept_when_better(torch, prepared, tmp_path):
+    result = _train(prepared, tiny_experiment(epochs=3, lr=0.02, augment=False, tta=False,
+                                              train=TrainConfig(ema=0.9)), tmp_path / "run")
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert history["weighted_log_loss_averaged"].notna().all()
+    assert not np.allclose(history["weighted_log_loss_averaged"], history["weighted_log_loss"])
+    best = result.metrics["best_epoch"]
+    scores = np.minimum(history["weighted_log_loss"], history["weighted_log_loss_averaged"])
+    assert best["value"] == pytest.approx(scores.min()) and best["epoch"] == int(scores.idxmin()) + 1
+    row = history.iloc[best["epoch"] - 1]
+    assert best["averaged"] == bool(row["weighted_log_loss_averaged"] < row["weighted_log_loss"])
+    checkpoint = torch.load(tmp_path / "run" / "models" / "checkpoint.pth", weights_only=False)
+    assert checkpoint["average"] is not None and checkpoint["format"] == 2  # a resumed run continues it

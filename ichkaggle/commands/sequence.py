@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.models or not args.sample:
         raise UserError("sequence predict needs --models (sequence train's folder) and --sample")
     test = SliceTable.load(folder / TEST)
-    probs = predict_test(load_models(args.models), test, experiment.sequence.batch_series)
+    probs = predict_test(load_models(args.models), test, experiment.sequence.batch_series, experiment.sequence.tta)
     path, _ = write_checked(args.out, test.ids, probs, args.sample, load_fill_rates(folder))
     print(f"wrote {path}")
     return 0

@@ -103,29 +103,34 @@ def _batch(table: SliceTable, seqs: list[np.ndarray]):
     return torch.from_numpy(emb), torch.from_numpy(lg), torch.from_numpy(gp), torch.from_numpy(tg), lengths
 
 
-def predict_series(model: nn.Module, table: SliceTable, batch_series: int = 64) -> np.ndarray:
-    """(N, 6) probabilities for every slice of ``table``, in its row order."""
+def predict_series(model: nn.Module, table: SliceTable, batch_series: int = 64, tta: bool = False) -> np.ndarray:
+    """(N, 6) probabilities for every slice of ``table``, in its row order; with ``tta`` each series
+    is also read backwards (as training reads half of them) and the two readings averaged."""
     model.eval()
     out = np.zeros((len(table.ids), len(LABELS)))
     seqs = sequences(table.series, table.position, table.ids)
+    readings = (False, True) if tta else (False,)
     with torch.no_grad():
         for start in range(0, len(seqs), batch_series):
-            chunk = seqs[start:start + batch_series]
-            emb, lg, gp, _, lengths = _batch(table, chunk)
-            probs = torch.sigmoid(model(emb, lg, gp, lengths)).numpy()
-            for i, rows in enumerate(chunk):
-                out[rows] = probs[i, :len(rows)]
+            for backwards in readings:
+                chunk = [rows[::-1] if backwards else rows for rows in seqs[start:start + batch_series]]
+                emb, lg, gp, _, lengths = _batch(table, chunk)
+                probs = torch.sigmoid(model(emb, lg, gp, lengths)).numpy()
+                for i, rows in enumerate(chunk):
+                    out[rows] += probs[i, :len(rows)] / len(readings)
     return out
 
 
 def fit_series(table: SliceTable, cfg, seed: int) -> SeriesGRU:
-    """One sequence model trained on every series of ``table`` (weighted BCE, as the metric)."""
+    """One sequence model trained on every series of ``table`` (BCE, the labels weighted as the metric
+    weighs them unless ``[sequence] loss = "equal"``)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_model(cfg, table.embeddings.shape[1])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     seqs = sequences(table.series, table.position, table.ids)
-    weights = torch.tensor(WEIGHTS, dtype=torch.float32) / float(WEIGHTS.sum())
+    label_weights = WEIGHTS if cfg.loss == "metric" else np.ones_like(WEIGHTS)
+    weights = torch.tensor(label_weights, dtype=torch.float32) / float(label_weights.sum())
     steps = cfg.epochs * max(1, -(-len(seqs) // cfg.batch_series))
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
     model.train()
@@ -170,13 +175,13 @@ def train_sequence(table: SliceTable, cfg) -> SequenceResult:
     for k, fold in enumerate(np.unique(table.fold)):
         held = table.fold == fold
         model = fit_series(table.take(np.flatnonzero(~held)), cfg, cfg.seed + k)
-        oof[held] = predict_series(model, table.take(np.flatnonzero(held)), cfg.batch_series)
+        oof[held] = predict_series(model, table.take(np.flatnonzero(held)), cfg.batch_series, cfg.tta)
         models.append(model)
     scores = {"cnn_oof": weighted_log_loss(table.targets, table.calibrated),
               "sequence_oof": weighted_log_loss(table.targets, oof)}
     return SequenceResult(models, oof, scores, time.time() - started)
 
 
-def predict_test(models: list, table: SliceTable, batch_series: int = 64) -> np.ndarray:
+def predict_test(models: list, table: SliceTable, batch_series: int = 64, tta: bool = False) -> np.ndarray:
     """The test slices' probabilities: the fold models' predictions averaged."""
-    return np.mean([predict_series(m, table, batch_series) for m in models], axis=0)
+    return np.mean([predict_series(m, table, batch_series, tta) for m in models], axis=0)

@@ -95,7 +95,7 @@ def save_models(models: list, experiment: Experiment, scores: dict, folder: str 
 def load_models(folder: str | os.PathLike) -> list:
     path = Path(folder) / MODELS
     if not path.exists():
-        raise UserError(f"{path}: no sequence models here (ichkaggle seq train writes them)")
+        raise UserError(f"{path}: no sequence models here (ichkaggle sequence train writes them)")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     models = [build_model(SequenceConfig(**saved["config"]), saved["embedding"]) for _ in saved["models"]]
     for model, state in zip(models, saved["models"]):
@@ -118,4 +118,4 @@ def sequence_stage(oof: SliceTable, test: SliceTable, experiment: Experiment, ou
     """Train the sequence models on the out-of-fold table and predict the test slices:
     (test probabilities, the out-of-fold scores with the seconds it took)."""
     result, scores = train_stage(oof, experiment, out)
-    return predict_test(result.models, test, experiment.sequence.batch_series), scores
+    return predict_test(result.models, test, experiment.sequence.batch_series, experiment.sequence.tta), scores

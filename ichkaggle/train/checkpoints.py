@@ -56,13 +56,15 @@ def _rng_path(run_dir: Path) -> Path:
     return run_dir / "models" / f"rng-{rank()}.pth"  # each rank its own random streams
 
 
-def save_checkpoint(learn, run_dir: Path, phase: int, epoch: int) -> float:
-    """Everything a later session needs to continue exactly here; returns the seconds it took."""
+def save_checkpoint(learn, run_dir: Path, phase: int, epoch: int, average: dict | None = None) -> float:
+    """Everything a later session needs to continue exactly here (``average``: the weight average's
+    state, when the run keeps one); returns the seconds it took."""
     started = time.time()
     scaler = getattr(learn, "scaler", None)
     state = {"format": CHECKPOINT_FORMAT, "model": getattr(learn.model, "module", learn.model).state_dict(),
              "opt": learn.opt.state_dict() if learn.opt is not None else None,
-             "scaler": scaler.state_dict() if scaler is not None else None, "phase": phase, "epoch": epoch}
+             "scaler": scaler.state_dict() if scaler is not None else None, "phase": phase, "epoch": epoch,
+             "average": average}
     if rank() == 0:
         _save(state, checkpoint_path(run_dir))
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),

@@ -17,6 +17,7 @@ from fastai.callback.core import Callback, CancelFitException
 from ..experiment import Experiment
 from ..files import write_atomic
 from . import optim
+from .averaging import WeightAverage
 from .checkpoints import save_checkpoint, save_weights, set_rng_state
 from .device import process_device
 from .distributed import agree, all_reduce, rank, world
@@ -91,6 +92,8 @@ class EpochControl(Callback):
         row = {"phase": self.session.phases[self.phase].name, "epoch": self.epoch + 1,
                "train_loss": (train[0] / train[1]).item(), "valid_loss": values.get("valid_loss"),
                "weighted_log_loss": values.get("weighted_log_loss"), "lr": self.learn.opt.hypers[-1]["lr"]}
+        if self.session.averaging is not None:
+            row["weighted_log_loss_averaged"] = self.session.averaging.score(self.learn)
         self.session.end_epoch(self.learn, self.phase, self.epoch, row, time.time() - self.started)
 
 
@@ -98,7 +101,7 @@ class TrainingSession:
     """One ``train`` call (a Kaggle session runs one): the state file, the history, the budget, the checkpoints."""
 
     def __init__(self, run_dir: Path, experiment: Experiment, budget: Budget, state: TrainingState,
-                 n_train: int, n_valid: int):
+                 n_train: int, n_valid: int, averaging: WeightAverage | None = None):
         self.dir, self.experiment, self.phases, self.budget, self.state = run_dir, experiment, experiment.phases, \
             budget, state
         self.n_train, self.n_valid = n_train, n_valid
@@ -110,7 +113,8 @@ class TrainingSession:
         self.history = pd.read_csv(run_dir / "history.csv").to_dict("records") if (run_dir / "history.csv").exists() \
             else []
         self.save_seconds = 0.0
-        self.valid_seconds: float | None = None  # the last validation pass, as RunControl timed it
+        self.valid_seconds: float | None = None  # the last validation pass, as EpochControl timed it
+        self.averaging = averaging
 
     def allows_epoch(self, phase: int, epoch: int) -> bool:
         times = [t for t in (self.record.get("epoch_seconds"), self.state.epoch_seconds()) if t]
@@ -131,14 +135,19 @@ class TrainingSession:
         session["images"] += len(learn.dls.train) * learn.dls.train.bs * world()
         session["epoch_seconds"] = max(session.get("epoch_seconds") or 0, seconds)
         session["valid_seconds"] = self.valid_seconds
-        score = row["weighted_log_loss"]
+        plain, averaged = row["weighted_log_loss"], row.get("weighted_log_loss_averaged")
+        use_average = averaged is not None and (plain is None or averaged < plain)
+        score = averaged if use_average else plain
         if score is not None and (not self.state.best or score < self.state.best["value"]):
-            self.state.best = {"value": score, "phase": self.phases[phase].name, "epoch": epoch + 1}
+            self.state.best = {"value": score, "phase": self.phases[phase].name, "epoch": epoch + 1,
+                               "averaged": use_average}
             if self.main:
-                save_weights(learn.model, self.dir / "models" / "best.pth")
+                save_weights(self.averaging.ema.module if use_average else learn.model,
+                             self.dir / "models" / "best.pth")
         last = epoch + 1 == self.phases[phase].epochs
         self.state.phase, self.state.epoch = (phase + 1, 0) if last else (phase, epoch + 1)
-        self.save_seconds = save_checkpoint(learn, self.dir, self.state.phase, self.state.epoch)
+        average = self.averaging.state_dict() if self.averaging is not None else None
+        self.save_seconds = save_checkpoint(learn, self.dir, self.state.phase, self.state.epoch, average)
         self.save()
         if self.main:
             parts = [f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float) and k != "lr"]

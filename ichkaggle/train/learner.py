@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.schedule import ParamScheduler, combined_cos
@@ -21,7 +22,9 @@ from fastai.vision.learner import vision_learner
 from .. import LABELS
 from ..errors import UserError
 from ..experiment import Experiment
+from ..tables.metric import WEIGHTS
 from . import optim
+from .averaging import WeightAverage
 from .data import channels
 from .device import DeviceMixedPrecision, precision
 from .device_metrics import DeviceAvgLoss, DeviceLogLoss, DeviceSmoothLoss
@@ -52,10 +55,11 @@ def build_learner(dls, experiment: Experiment, run_dir: Path, pretrained: bool =
         kwargs["pretrained_cfg_overlay"] = dict(file=str(weights))
     device = dls.device
     learn = vision_learner(dls, model.arch, n_out=len(LABELS), n_in=channels(experiment), pretrained=use_file,
-                           normalize=False, loss_func=BCEWithLogitsLossFlat(), metrics=[DeviceLogLoss(device)],
+                           normalize=False, loss_func=loss_function(experiment.train), metrics=[DeviceLogLoss(device)],
                            path=run_dir, model_dir="models", **kwargs)
+    learn.loss_func.to(device)  # its label weights, where the predictions are (also outside fit)
     learn.recorder.loss, learn.recorder.smooth_loss = DeviceAvgLoss(device), DeviceSmoothLoss()
-    amp = precision(model.precision, device)
+    amp = precision(experiment.train.precision, device)
     if amp != "fp32":
         learn.add_cb(DeviceMixedPrecision(amp, device.type))
     if device.type == "cuda":
@@ -65,6 +69,23 @@ def build_learner(dls, experiment: Experiment, run_dir: Path, pretrained: bool =
         learn.add_cb(QuietProgress())
     learn.logger = lambda *args: None
     return learn
+
+
+def loss_function(train) -> BCEWithLogitsLossFlat:
+    """``[train] loss``: "metric" weighs each label's binary cross-entropy as the metric does (any
+    twice), scaled to a mean weight of 1 so the loss keeps its size; "equal": the seed's loss."""
+    if train.loss == "equal":
+        return BCEWithLogitsLossFlat()
+    weights = torch.tensor(WEIGHTS / WEIGHTS.mean(), dtype=torch.float32)
+    return BCEWithLogitsLossFlat(weight=weights, flatten=False)
+
+
+def weight_average(experiment: Experiment, device: torch.device, state: dict | None) -> WeightAverage | None:
+    """``[train] ema``'s moving average of the weights (None when it is 0), in the run's precision."""
+    if not experiment.train.ema:
+        return None
+    amp = precision(experiment.train.precision, device)
+    return WeightAverage(experiment.train.ema, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp), state)
 
 
 def use_optimizer(learn, kind: str) -> None:

@@ -34,7 +34,7 @@ from .control import Budget, EpochControl, Stop, TrainingSession
 from .data import loader
 from .device import process_device, set_cudnn
 from .distributed import agree, init_distributed, leave_distributed, rank, trainer_callbacks
-from .learner import build_learner, phase_schedule, use_optimizer
+from .learner import build_learner, phase_schedule, use_optimizer, weight_average
 from .predict import slice_predictions
 from .samples import Rows, slice_images
 from .slice_table import VALID_SLICES, SliceTable
@@ -80,7 +80,7 @@ def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment
         print(f"{run_dir}: already complete", flush=True)
         return _result(run_dir, experiment, table)
     set_seed(experiment.data.seed)  # python, numpy and torch generators
-    set_cudnn(experiment.data.deterministic)
+    set_cudnn(experiment.train.deterministic)
     init_distributed()
     valid_mask = (table["fold"] == experiment.data.fold).to_numpy()
     if not valid_mask.any() or valid_mask.all():
@@ -95,21 +95,23 @@ def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment
         raise UserError(f"an epoch of {dls.train._size()} training slices holds no full batch of "
                         f"{experiment.data.batch_size}: lower [data] batch_size or raise samples_per_epoch")
     learn = build_learner(dls, experiment, run_dir, pretrained=state.phase == 0 and state.epoch == 0)
-    run = TrainingSession(run_dir, experiment, budget, state, len(train_rows), len(valid_rows))
-    run.valid_share = len(dls.valid.dataset) / len(valid_rows)
     restore = None
     if checkpoint_path(run_dir).exists() and (state.phase or state.epoch):
         # saved where state.json says the run continues
         restore = load_checkpoint(run_dir)
         learn.model.load_state_dict(restore["model"])
         print(f"resuming {run_dir}: {state.describe(experiment.phases)}", flush=True)
+    averaging = weight_average(experiment, dls.device, (restore or {}).get("average"))
+    run = TrainingSession(run_dir, experiment, budget, state, len(train_rows), len(valid_rows), averaging)
+    run.valid_share = len(dls.valid.dataset) / len(valid_rows)
     try:
         for index, phase in enumerate(experiment.phases[state.phase:], start=state.phase):
             start = state.epoch if index == state.phase else 0
             (learn.freeze if phase.freeze else learn.unfreeze)()
             use_optimizer(learn, phase.optimizer)
             control, restore = EpochControl(run, index, start, restore), None
-            learn.fit(phase.epochs, cbs=[phase_schedule(learn, phase), control, *trainer_callbacks()],
+            averages = [averaging] if averaging is not None else []
+            learn.fit(phase.epochs, cbs=[phase_schedule(learn, phase), control, *averages, *trainer_callbacks()],
                       start_epoch=start, wd=phase.weight_decay)  # wd None: the optimizer's default
             if run.stopped is not None:
                 raise run.stopped

@@ -197,7 +197,7 @@ def _pictures(rows: pd.DataFrame, folder, experiment: Experiment, dicom: bool = 
 
 
 def series_picture(images: Sequence[np.ndarray], truth: np.ndarray, first: np.ndarray, second: np.ndarray,
-                   path: Path, names=("2D", "with context")) -> Path | None:
+                   path: Path, names=("the blend (2D)", "with the sequence stage")) -> Path | None:
     """One series along x: the slices on top, then per label the truth (grey bars) and two
     predictions (lines) -- what the neighbours change."""
     try:
@@ -229,33 +229,41 @@ def series_picture(images: Sequence[np.ndarray], truth: np.ndarray, first: np.nd
     return path
 
 
-def write_demo_report(workdir: Path, experiment: Experiment, runs, table: pd.DataFrame, prepared: Path,
-                      scores: dict, test, calibrated: np.ndarray, submissions: dict, truth_csv: Path) -> Path:
-    """DIR/report.md: the test scores side by side, each fold's run report, one test series drawn."""
+def write_demo_report(workdir: Path, experiments, runs: dict, table: pd.DataFrame, prepared: Path, rows: list,
+                      outputs: dict, truth_csv: Path) -> Path:
+    """DIR/report.md: a row per stage (each CNN alone, their blend, the blend with the sequence
+    stage), out of fold and on the test set; each fold's run report; one test series drawn."""
     workdir = Path(workdir).resolve()  # the runs' reports are absolute paths
-    lines = [f"# ichkaggle demo: {experiment.name}", "", experiment.description, ""]
-    if scores:
-        lines += ["| test set (hidden synthetic truth) | weighted log loss |", "|---|---:|"]
-        lines += [f"| {name} | {value:.4f} |" for name, value in scores.items()]
-        lines.append("")
-    lines += ["| fold | CV (calibrated, cross-fitted) | model alone | constant prior | report |",
-              "|---|---:|---:|---:|---|"]
-    for run in runs:
-        m = run.metrics
-        report = write_run_report(run, replace(experiment, data=replace(experiment.data, fold=m["fold"])), table,
-                                  prepared / "train")
-        lines.append(f"| {m['fold']} | {m['valid_weighted_log_loss']:.4f} | {m['valid_raw']:.4f} | "
-                     f"{m['valid_prior']:.4f} | [{report.relative_to(workdir)}]({report.relative_to(workdir)}) |")
+    first = experiments[0]
+    lines = [f"# ichkaggle demo: {' + '.join(e.name for e in experiments)}", "",
+             *[f"- {e.name}: {e.description}" for e in experiments], ""]
+    lines += ["| stage | out of fold (cross-fitted) | test (hidden synthetic truth) |", "|---|---:|---:|"]
+    lines += [f"| {name} | {_number(oof)} | {_number(test)} |" for name, oof, test in rows]
+    lines += ["", "| CNN | fold | CV (calibrated, cross-fitted) | model alone | constant prior | report |",
+              "|---|---|---:|---:|---:|---|"]
+    for experiment in experiments:
+        for run in runs[experiment.name]:
+            m = run.metrics
+            fold = replace(experiment, data=replace(experiment.data, fold=m["fold"]))
+            report = write_run_report(run, fold, table, prepared / "train").relative_to(workdir)
+            lines.append(f"| {experiment.name} | {m['fold']} | {m['valid_weighted_log_loss']:.4f} | "
+                         f"{m['valid_raw']:.4f} | {m['valid_prior']:.4f} | [{report}]({report}) |")
     lines.append("")
-    if "context" in submissions and truth_csv.exists():
-        picture = _draw_a_series(workdir, test, calibrated, submissions["context"][0], truth_csv, prepared, experiment)
+    final = outputs["submissions"][-1][1]
+    if first.sequence.enabled and truth_csv.exists():
+        blend = outputs["blend"].test
+        picture = _draw_a_series(workdir, blend, blend.calibrated, final, truth_csv, prepared, first)
         if picture is not None:
             lines += ["## The sequence stage on one test series", "", f"![one series]({picture.name})", ""]
-    lines += [f"Submissions: {', '.join(p.name for p, _ in submissions.values())}, each checked against the sample.",
-              ""]
+    lines += [f"Submissions: {', '.join(p.name for _, p in outputs['submissions'])}, each checked against the "
+              "sample.", ""]
     path = workdir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _draw_a_series(workdir: Path, test, calibrated, context_csv: Path, truth_csv: Path, prepared: Path, experiment):
