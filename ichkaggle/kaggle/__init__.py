@@ -1,1 +1,2 @@
-"""Kaggle: this machine's side (the API client, push/follow, the resumable pipeline, the plan, the rehearsal) and what the kernels run there (kernel, inputs), which share only ``contract``."""
+"""Kaggle: this machine's side (the client, push/follow, the pipeline, the plan, the rehearsal)
+and what the kernels run there (``kernel``, ``inputs``); the two share only ``contract``."""
