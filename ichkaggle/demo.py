@@ -265,11 +265,20 @@ def _report(workdir: Path, experiments, runs, table, prepared: Path, outputs: di
     from .train.report import write_demo_report
 
     rows = [(name, outputs["oof"].get(name.split(" (")[0]), scores.get(name)) for name, _ in outputs["submissions"]]
-    write_json = {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "configs": [e.name for e in experiments],
-                  "out_of_fold": outputs["oof"], "test": scores,
-                  "blend": {"names": outputs["blend"].blend.names,
-                            "weights": np.asarray(outputs["blend"].blend.weights).tolist()}}
-    (workdir / SCORES).write_text(json.dumps(write_json, indent=2) + "\n")
+    oof, test = outputs["oof"], dict(zip([n.split(" (")[0] for n, _ in outputs["submissions"]],
+                                         [scores.get(n) for n, _ in outputs["submissions"]]))
+    ledger = {  # ichkaggle.ledger's format; the whole hidden test is the demo's "private" board
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "configs": [e.name for e in experiments],
+        "experiments": {e.name: {"cv": oof[f"CNN {e.name}"], "folds": list(range(e.data.n_folds)),
+                                 "config": e.to_toml(), "private": test.get(f"CNN {e.name}")} for e in experiments},
+        "blend": {"names": list(outputs["blend"].blend.names), "cv": oof["blend of the CNNs"],
+                  "weights": np.asarray(outputs["blend"].blend.weights).tolist(),
+                  "private": test.get("blend of the CNNs")},
+        "prior": scores.get("constant prior (training rates)")}
+    if "blend + sequence stage" in oof:
+        ledger["sequence"] = {"input": "blend", "cv": oof["blend + sequence stage"],
+                              "private": test.get("blend + sequence stage")}
+    (workdir / SCORES).write_text(json.dumps(ledger, indent=2) + "\n")
     report = write_demo_report(workdir, experiments, runs, table, prepared, rows, outputs, truth)
     print(f"  {report}")
     return report
