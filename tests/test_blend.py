@@ -264,7 +264,8 @@ def test_one_cnn_fold_is_cross_fitted_over_series():
 
 
 def test_the_ensemble_imports_no_torch():
-    code = ("import sys\nimport ichkaggle.ensemble, ichkaggle.ensemble.blend, ichkaggle.commands.blend\n"
+    code = ("import sys\nimport ichkaggle.ensemble, ichkaggle.ensemble.blend, ichkaggle.ledger, "
+            "ichkaggle.commands.blend, ichkaggle.commands.results\n"
             "bad = [m for m in ('torch', 'fastai', 'timm') if m in sys.modules]\nassert not bad, bad\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -182,7 +182,7 @@ class BlendResult:
     oof: SliceTable  # calibrated: the cross-fitted blend; embeddings: the experiments' logits
     test: SliceTable  # calibrated: the fitted blend; embeddings: the experiments' logits
     #: "experiments": {name: out-of-fold weighted log loss}, "blend_oof" (cross-fitted), "blend_in_sample",
-    #: "cross_fit" ("folds", or "series" with one fold), "slices", "test_slices"
+    #: "cross_fit" ("folds", or "series" with one fold), "folds" (the CNN folds), "slices", "test_slices"
     scores: dict
 
 
@@ -205,7 +205,8 @@ def blend_tables(oof_tables: list[SliceTable], test_tables: list[SliceTable], na
     scores = {"experiments": {n: weighted_log_loss(targets, p) for n, p in zip(names, probs)},
               "blend_oof": weighted_log_loss(targets, cross),
               "blend_in_sample": weighted_log_loss(targets, blend.apply(probs)),
-              "cross_fit": "series" if one_fold else "folds", "slices": int(len(first.ids)),
+              "cross_fit": "series" if one_fold else "folds", "folds": sorted(int(f) for f in np.unique(first.fold)),
+              "slices": int(len(first.ids)),
               "test_slices": int(len(test[0].ids))}
     blended_oof = SliceTable(first.ids, first.series, first.position, cross, features(oof), targets, first.fold)
     t0 = test[0]
