@@ -26,6 +26,8 @@ COMMANDS: dict[str, str] = {
     "predict": "TTA predictions of trained models -> a checked submission CSV",
     "embed": "per-slice CNN outputs of the folds' runs: out-of-fold and test tables for `seq`",
     "sequence": "the sequence stage: a bi-GRU or 1-D convolutions over each series (train | predict)",
+    "blend": "several experiments' out-of-fold tables -> per-label weights fitted with the metric, a checked blend",
+    "results": "the ledger: one row per experiment and submission known here, CV against the leaderboard",
     "plan": "GPU-hours, sessions per fold and the weekly quota an experiment needs on Kaggle",
     "demo": "the main job end to end on the embedded synthetic default (CPU)",
     "bundle": "build the package + configs as a Kaggle dataset folder (credential-checked)",

@@ -449,6 +449,82 @@ def test_a_failed_kernel_without_outputs_still_reports_its_failure(work, tmp_pat
         in printed.err
 
 
+# ----------------------------------------------------------------------------- push run with several configs
+
+TWO = ["exp_00", "b0_baseline"]  # the same folds and image settings (224 px JPEG), two architectures
+
+
+def _tagged_sessions(fake, configs, folds) -> None:
+    """Each config's train sessions, complete after one, under the slugs several configs get."""
+    for config in configs:
+        tag = config.replace("_", "-")
+        for fold in folds:
+            manifest = {"kind": "ichkaggle-train", "experiment": config, "fold": fold, "complete": True,
+                        "progress": "complete", "img_per_s": 140.0, "device": "cuda:0 x2",
+                        "valid_weighted_log_loss": 0.07}
+            fake.kernel_outputs[f"ichkaggle-train-{tag}-fold{fold}-s1"] = {
+                "ichkaggle_train.json": json.dumps(manifest).encode()}
+
+
+def test_run_of_two_configs_shares_the_prepare_and_blends_them_in_one_infer_kernel(work, tmp_path, capsys):
+    from ichkaggle.kaggle.runset import RunConfig, infer_slug
+
+    fake = work
+    _prepare_outputs(fake)
+    _tagged_sessions(fake, TWO, range(2))
+    infer = infer_slug("ichkaggle-infer", [RunConfig(c, None, c) for c in TWO])
+    fake.kernel_outputs[infer] = _infer_outputs(tmp_path)
+    args = ["push", "run", "--config", TWO[0], "--config", TWO[1], "--folds", "0-1", "-m", "two",
+            "--out", str(tmp_path / "runs"), *FAST]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    slugs = _slugs(fake)
+    assert len(slugs) == 6 and slugs[0].startswith(PREP) and sum("prepare" in s for s in slugs) == 1  # shared
+    trains = [f"ichkaggle-train-{c.replace('_', '-')}-fold{k}-s1" for c in TWO for k in range(2)]
+    assert slugs[1:5] == trains and slugs[5] == infer and infer.startswith("ichkaggle-infer-blend-")
+    bodies = {s.json["slug"].split("/")[1]: s.json for s in fake.calls("SaveKernel")}
+    assert all(bodies[t]["kernelDataSources"] == [f"alice/{slugs[0]}"] for t in trains)
+    assert bodies[infer]["kernelDataSources"] == [f"alice/{slugs[0]}"] + [f"alice/{t}" for t in trains]
+    assert "\nCONFIGS = ['exp_00', 'b0_baseline']\n" in bodies[infer]["text"]
+    assert "\nFOLDS = [0, 1]\n" in bodies[infer]["text"]
+    assert "\nCONFIG = 'b0_baseline'\n" in bodies[trains[2]]["text"]
+    assert bodies[trains[2]]["newTitle"] == "ichkaggle train b0 baseline fold0 s1"
+    assert "all 2 configs" in out and "shared by 2 configs" in out and "exp_00 fold 1: complete" in out
+    state = json.loads((tmp_path / "runs" / "exp_00+b0_baseline-folds0-1.json").read_text())
+    assert state["configs"] == TWO and "config" not in state
+    assert state["sessions"] == {f"{c}/{k}": {"session": 1, "complete": True} for c in TWO for k in range(2)}
+    assert len(fake.submissions) == 1 and fake.submissions[0].description == "two"
+    assert main(args) == 0  # again: nothing new
+    assert len(fake.calls("SaveKernel")) == 6 and len(fake.submissions) == 1
+
+
+def test_configs_that_cannot_be_blended_or_attached_are_refused_before_anything_is_pushed(work, tmp_path, capsys):
+    out = ["--out", str(tmp_path / "runs"), "--no-submit", *FAST]
+    assert main(["push", "run", "--config", "exp_00", "--config", "demo", "--folds", "0-1", *out]) == 2
+    assert "a blend needs the same folds" in capsys.readouterr().err
+    assert main(["push", "run", "--config", "exp_00", "--config", "exp_00", "--folds", "0", *out]) == 2
+    assert "a config given twice" in capsys.readouterr().err
+    four = [arg for c in ("exp_00", "b0_baseline", "b5_t4x2", "rehearsal") for arg in ("--config", c)]
+    assert main(["push", "run", *four, "--folds", "0-4", *out]) == 2
+    err = capsys.readouterr().err
+    assert "the infer kernel would attach 2 (its datasets and the competition) + 20 fold session(s) (4 config(s) " \
+           "x 5 fold(s)) + 2 prepared part(s)" in err and "= 24 sources" in err and "at most 20" in err
+    assert main(["push", "kernel", "train", "--config", "exp_00", "--config", "b0_baseline"]) == 2
+    assert "push kernel takes one --config" in capsys.readouterr().err
+    assert work.calls("SaveKernel") == []  # refused before anything was pushed
+
+
+def test_plan_sums_several_configs(work, tmp_path, capsys):
+    assert main(["plan", "--config", "exp_00", "--config", "b0_baseline", "--folds", "0-4", "--offline",
+                 "--out", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "plan for exp_00" in out and "plan for b0_baseline" in out and "all 2 configs" in out
+    each = [float(line.split(":")[1].split()[0]) for line in out.splitlines() if line.startswith("  folds ")]
+    total = float(next(line for line in out.splitlines() if line.startswith("  GPU-hours  ")).split()[1])
+    assert len(each) == 2 and total == pytest.approx(sum(each), abs=0.15)
+    assert "then one infer kernel that blends the configs" in out
+
+
 # ----------------------------------------------------------------------------- the client's own ways to a server
 
 

@@ -208,3 +208,20 @@ def test_infer_names_missing_double_and_mixed_folds(tmp_path):
     attach("d", fold=2, complete=False)
     with pytest.raises(UserError, match=r"fold\(s\) \[2\] attached before they were complete"):
         find_train_runs(tmp_path)
+
+
+def test_infer_of_several_configs_finds_each_ones_runs_and_names_what_is_missing(tmp_path):
+    from ichkaggle.errors import UserError
+    from ichkaggle.kaggle.kernel import config_runs, find_train_runs
+
+    for slug, experiment, fold in (("a0", "exp_00", 0), ("a1", "exp_00", 1), ("b0", "b0_baseline", 0)):
+        (tmp_path / slug).mkdir()
+        (tmp_path / slug / "ichkaggle_train.json").write_text(json.dumps(
+            {"kind": "ichkaggle-train", "complete": True, "experiment": experiment, "fold": fold}))
+    runs = find_train_runs(tmp_path)
+    groups = config_runs(runs, ["exp_00", "b0_baseline"], [0], tmp_path)
+    assert [(c, [m["fold"] for _, m in mine]) for c, mine in groups] == [("exp_00", [0]), ("b0_baseline", [0])]
+    with pytest.raises(UserError, match=r"fold\(s\) \[1\] of b0_baseline missing: found \[0\]"):
+        config_runs(runs, ["exp_00", "b0_baseline"], [0, 1], tmp_path)
+    with pytest.raises(UserError, match=r"fold\(s\) \[0\] of b5_t4x2 missing: found \[\]"):
+        config_runs(runs, ["exp_00", "b5_t4x2"], [0], tmp_path)

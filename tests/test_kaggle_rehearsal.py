@@ -25,6 +25,7 @@ import pytest
 if importlib.util.find_spec("kaggle") is None:  # find, not import: `import kaggle` prints at import
     pytest.skip("the kaggle extra is not installed", allow_module_level=True)
 
+from ichkaggle import LABELS
 from ichkaggle.cli import main
 from ichkaggle.kaggle.bundle import build_bundle
 from ichkaggle.kaggle.sandbox import Limits
@@ -43,6 +44,18 @@ def _competition(folder: Path, train: int = 90, test: int = 20) -> Path:
 
     synthesize(folder, train, test, seed=3, config=load_config(size=64, slices_min=8, slices_max=10),
                show_progress=False)
+    return folder
+
+
+def _datasets(folder: Path, extra_configs=()) -> Path:
+    """The package dataset (with ``extra_configs``) and a random-init weights dataset, as a user pushes them."""
+    build_bundle(folder / "ichkaggle-src", "alice", extra_configs=tuple(extra_configs))
+    weights = folder / "ichkaggle-timm-weights"
+    weights.mkdir()
+    (weights / "dataset-metadata.json").write_text(
+        (ROOT / "datasets" / "ichkaggle-timm-weights" / "dataset-metadata.json").read_text())
+    subprocess.run([sys.executable, str(ROOT / "datasets" / "ichkaggle-timm-weights" / "fetch_weights.py"),
+                    "mobilenetv3_small_050", "--random-init", "--out", str(weights)], check=True, capture_output=True)
     return folder
 
 
@@ -67,14 +80,7 @@ def test_push_run_five_folds_with_the_kernels_really_running_under_kaggles_limit
     fake = world
     started = time.monotonic()
     competition = _competition(tmp_path / "competition")
-    datasets = tmp_path / "datasets"
-    build_bundle(datasets / "ichkaggle-src", "alice")
-    weights = datasets / "ichkaggle-timm-weights"
-    weights.mkdir()
-    (weights / "dataset-metadata.json").write_text(
-        (ROOT / "datasets" / "ichkaggle-timm-weights" / "dataset-metadata.json").read_text())
-    subprocess.run([sys.executable, str(ROOT / "datasets" / "ichkaggle-timm-weights" / "fetch_weights.py"),
-                    "mobilenetv3_small_050", "--random-init", "--out", str(weights)], check=True, capture_output=True)
+    datasets = _datasets(tmp_path / "datasets")
     sandbox = fake.run_kernels(tmp_path / "kaggle", competition, Limits(max_gpu_sessions=2), overrides={
         # fold 1's first session: a margin so large that only its first epoch (which always runs) fits
         "ichkaggle-train-fold1-s1": {"env": {"ICHKAGGLE_MARGIN_MINUTES": "100000"}},
@@ -117,6 +123,69 @@ def test_push_run_five_folds_with_the_kernels_really_running_under_kaggles_limit
     assert len(fake.calls("SaveKernel")) == pushes and len(fake.submissions) == 1
     assert "submitted already" in capsys.readouterr().out
     print(f"\nthe end-to-end rehearsal took {time.monotonic() - started:.0f}s", file=sys.__stderr__)
+
+
+def test_push_run_of_two_configs_shares_the_prepare_trains_both_and_blends_them(world, tmp_path, capsys):
+    """Two tiny configs with the same image settings and folds, two architectures: one prepare kernel,
+    2 folds x 2 configs of sessions, one infer kernel that predicts each, blends them and runs the first
+    config's sequence stage on the blend; one checked, scored submission; the same command again is a no-op."""
+    fake = world
+    started = time.monotonic()
+    competition = _competition(tmp_path / "competition")
+    second = tmp_path / "rehearsal_b.toml"
+    second.write_text((ROOT / "ichkaggle" / "configs" / "rehearsal.toml").read_text()
+                      .replace('name = "rehearsal"', 'name = "rehearsal_b"')
+                      .replace('arch = "mobilenetv3_small_050"', 'arch = "mobilenetv3_small_075"'))
+    datasets = _datasets(tmp_path / "datasets", [second])
+    sandbox = fake.run_kernels(tmp_path / "kaggle", competition, Limits(max_gpu_sessions=2))
+    for name in ("ichkaggle-src", "ichkaggle-timm-weights"):
+        assert main(["push", "dataset", name, "--datasets-dir", str(datasets)]) == 0
+    runs = tmp_path / "runs"
+    sample = competition / "stage_2_sample_submission.csv"
+    args = ["push", "run", "--config", "rehearsal", "--config", str(second), "--folds", "0-1", "-m", "blended",
+            "--datasets-dir", str(datasets), "--out", str(runs), "--sample", str(sample), "--poll", "0.5"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+
+    state = json.loads((runs / "rehearsal+rehearsal_b-folds0-1.json").read_text())
+    assert state["configs"] == ["rehearsal", "rehearsal_b"]
+    slugs = [ref.split("/")[1] for ref in state["kernels"]]
+    assert sum(s.startswith("ichkaggle-prepare-32px-") for s in slugs) == 1  # shared by both configs
+    assert sorted(s for s in slugs if s.startswith("ichkaggle-train-")) == sorted(
+        f"ichkaggle-train-{tag}-fold{k}-s1" for tag in ("rehearsal", "rehearsal-b") for k in (0, 1))
+    assert _most_at_once(sandbox.timeline()) <= 2
+    infer_ref = next(ref for ref in state["kernels"] if "/ichkaggle-infer-blend-" in ref)
+    working = sandbox.folder(infer_ref) / "working"
+    manifest = json.loads((working / "ichkaggle_infer.json").read_text())
+    assert manifest["configs"] == ["rehearsal", "rehearsal_b"] and manifest["folds"] == [0, 1]
+    assert set(manifest["experiments"]) == {"rehearsal", "rehearsal_b"}
+    blend = manifest["blend"]
+    assert blend["names"] == ["rehearsal", "rehearsal_b"] and set(blend["weights"]) == set(LABELS)
+    assert all(sum(w.values()) == pytest.approx(1.0) for w in blend["weights"].values())
+    scores = blend["scores"]
+    assert scores["cross_fit"] == "folds" and scores["folds"] == [0, 1] and scores["blend_oof"] > 0
+    assert manifest["sequence"]["slices"] == scores["slices"]  # the stage trained on the blended table
+    from ichkaggle.tables.submission import check_submission
+
+    for name in ("submission_2d_rehearsal.csv", "submission_2d_rehearsal_b.csv", "submission_blend.csv",
+                 "submission.csv"):
+        assert check_submission(working / name, sample).ok
+    slug = infer_ref.split("/")[1]
+    said = (runs / slug / "v1" / f"{slug}.log.txt").read_text()  # the infer kernel's log, fetched
+    assert "blend: out-of-fold rehearsal" in said and "sequence stage (rehearsal's [sequence]) on the blend" in said
+    assert (working / "blend" / "blend.json").is_file() and f"{slug} v1: " in out
+    assert len(fake.submissions) == 1 and fake.submissions[0].description == "blended"
+    assert state["submission"]["status"] == "COMPLETE" and 0 < float(state["submission"]["public_score"]) < 2
+    pushes = len(fake.calls("SaveKernel"))
+    assert main(args) == 0  # the same command again: nothing new pushed or submitted
+    assert len(fake.calls("SaveKernel")) == pushes and len(fake.submissions) == 1
+    assert "submitted already" in capsys.readouterr().out
+    (tmp_path / "none").mkdir()  # the ledger of this run: its state and fetched outputs only
+    assert main(["results", "--runs", str(tmp_path / "none"), "--kaggle", str(runs), "--out", str(tmp_path / "l")]) == 0
+    ledger = capsys.readouterr().out
+    row = next(line for line in ledger.splitlines() if line.startswith("| rehearsal+rehearsal_b |"))
+    assert f"{scores['blend_oof']:.4f}" in row and f"{float(state['submission']['public_score']):.4f}" in row
+    print(f"\nthe two-config rehearsal took {time.monotonic() - started:.0f}s", file=sys.__stderr__)
 
 
 def test_push_run_local_rehearses_without_credentials_in_parts(tmp_path, monkeypatch, capsys):

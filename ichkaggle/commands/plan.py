@@ -26,7 +26,9 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="exp_00", help="experiment (a bundled name or a TOML)")
+    parser.add_argument("--config", action="append", default=None, metavar="CONFIG",
+                        help="experiment (a bundled name or a TOML); repeat it for several, summed as `push run "
+                             "--config A --config B` runs them (default: exp_00)")
     parser.add_argument("--folds", default=None, metavar="SPEC", help="folds, e.g. 0-4; None: the config's fold")
     parser.add_argument("--accelerator", default="NvidiaTeslaT4", metavar="ID",
                         help="Kaggle's accelerator id: NvidiaTeslaT4 (GPU T4 x2) or NvidiaTeslaP100")
@@ -48,19 +50,29 @@ def main(args: argparse.Namespace) -> int:
     from ..errors import UserError
     from ..kaggle.flow import Layout, experiment_folds, parse_folds
     from ..kaggle.parts import STAGE2_TEST_IMAGES
-    from ..kaggle.pipeline import max_parts
-    from ..kaggle.plan import STAGE2_TRAIN_IMAGES, make_plan
+    from ..kaggle.pipeline import check_sources, max_parts
+    from ..kaggle.plan import STAGE2_TRAIN_IMAGES, make_plan, total_lines
+    from ..kaggle.runset import prepare_key
 
     if args.max_gpu_sessions < 1:
         raise UserError("--max-gpu-sessions: at least 1")
-    experiment, folds = experiment_folds(args.config, parse_folds(args.folds))
+    configs = args.config or ["exp_00"]
+    if len(set(configs)) != len(configs):
+        raise UserError(f"--config {configs}: a config given twice")
+    loaded = [experiment_folds(config, parse_folds(args.folds)) for config in configs]
     layout = Layout.find(out=args.out)
-    plan = make_plan(experiment, len(folds), args.accelerator, records=layout.out,
-                     train_images=args.train_images or STAGE2_TRAIN_IMAGES,
-                     test_images=STAGE2_TEST_IMAGES if args.test_images is None else args.test_images,
-                     throughput_given=args.throughput, max_gpu_sessions=args.max_gpu_sessions,
-                     max_parts=max_parts(layout, len(folds)))
-    print("\n".join(plan.lines(None if args.offline else remaining_quota())))
+    check_sources(layout, len(configs), len(loaded[0][1]), {prepare_key(e): 1 for e, _ in loaded})
+    plans = [make_plan(experiment, len(folds), args.accelerator, records=layout.out,
+                       train_images=args.train_images or STAGE2_TRAIN_IMAGES,
+                       test_images=STAGE2_TEST_IMAGES if args.test_images is None else args.test_images,
+                       throughput_given=args.throughput, max_gpu_sessions=args.max_gpu_sessions,
+                       max_parts=max_parts(layout, len(folds) * len(configs)))
+             for experiment, folds in loaded]
+    quota = None if args.offline else remaining_quota()
+    lines = [line for plan in plans for line in plan.lines(quota if len(plans) == 1 else None)]
+    if len(plans) > 1:
+        lines += total_lines(plans, args.max_gpu_sessions, quota)
+    print("\n".join(lines))
     return 0
 
 

@@ -6,6 +6,10 @@
   ichkaggle push kernel infer --folds 0-4       attaches those folds' outputs and averages them
   ichkaggle push run --folds 0-4 -m MESSAGE     the whole job, resumable: prepare once (CPU kernels),
                                                 each fold in chained 12-hour sessions, infer, submit
+  ichkaggle push run --config A --config B --folds 0-4
+                                                several configs: each one's folds trained, the prepare
+                                                shared where the image settings agree, ONE infer kernel
+                                                that blends them (docs/ensembles.md)
   ichkaggle push run --config rehearsal --folds 0-4 --local DIR
                                                 the same job rehearsed here first: the real kernels run
                                                 on this CPU under Kaggle's limits, no credentials needed
@@ -51,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", default=None,
                         help="dataset or kernel folder name (datasets/NAME, kernels/NAME) or a path to one")
     parser.add_argument("--wait", action="store_true", help="follow the run to its end and fetch its outputs")
-    parser.add_argument("--config", default="exp_00", help="experiment the kernels run (a bundled name or a TOML)")
+    parser.add_argument("--config", action="append", default=None, metavar="CONFIG",
+                        help="experiment the kernels run (a bundled name or a TOML; default: exp_00); run: repeat it "
+                             "to train several configs and blend them in one infer kernel")
     parser.add_argument("--folds", default=None, metavar="SPEC",
                         help="folds, e.g. 0-4 or 0,2; None: the config's fold")
     parser.add_argument("-m", "--message", default=None, help="run: the submission's description")
@@ -59,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", default=None, metavar="SAMPLE_CSV",
                         help="run: check the submission against this sample before submitting")
     parser.add_argument("--state", default=None, metavar="JSON",
-                        help="run: the state file; None: OUT/<config>-folds<...>.json")
+                        help="run: the state file; None: OUT/<config>-folds<...>.json (several configs: "
+                             "OUT/<a>+<b>-folds<...>.json)")
     parser.add_argument("--owner", default=None, help="Kaggle username for the slugs; None: the credentials' username")
     parser.add_argument("--notes", default="", help="dataset: the version notes")
     parser.add_argument("--accelerator", default="NvidiaTeslaT4",
@@ -123,6 +130,10 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--local rehearses `push run` only")
     if args.max_gpu_sessions < 1:
         raise UserError("--max-gpu-sessions: at least 1")
+    args.configs = args.config or ["exp_00"]
+    if len(args.configs) > 1 and args.kind != "run":
+        raise UserError(f"push {args.kind} takes one --config; several are for `push run`")
+    args.config = args.configs[0]
     local = args.local is not None
     first = args.poll if args.poll is not None else (1.0 if local else 15.0)
     longest = max(first, 5.0 if local else 120.0)
@@ -153,7 +164,7 @@ def main(args: argparse.Namespace) -> int:
 def _run(session, args, owner: str, layout, folds, polling) -> None:
     from ..kaggle.pipeline import run_pipeline
 
-    run_pipeline(session, owner, layout, args.config, folds, message=args.message, submit=not args.no_submit,
+    run_pipeline(session, owner, layout, args.configs, folds, message=args.message, submit=not args.no_submit,
                  sample=args.sample, state_path=args.state, polling=polling, accelerator=args.accelerator,
                  force=args.force, max_gpu_sessions=args.max_gpu_sessions, throughput=args.throughput)
 
@@ -166,7 +177,7 @@ def _rehearse(args, layout, folds, polling) -> int:
     limits = Limits(max_gpu_sessions=args.max_gpu_sessions, session_hours=args.session_hours,
                     output_bytes=parse_bytes(args.output_limit))
     owner = args.owner or "local"
-    session, layout = rehearsal(args.local, layout, args.config, owner, data=args.data, limits=limits,
+    session, layout = rehearsal(args.local, layout, args.configs, owner, data=args.data, limits=limits,
                                 quota_hours=args.quota_hours, submissions_per_day=args.submissions_per_day)
     args.sample = args.sample or str(session.competition / "stage_2_sample_submission.csv")
     _run(session, args, owner, layout, folds, polling)

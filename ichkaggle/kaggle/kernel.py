@@ -300,17 +300,62 @@ def find_train_runs(input_root: str | os.PathLike = INPUT_ROOT) -> list[tuple[Pa
     return sorted(runs, key=lambda run: (run[1]["fold"], str(run[0])))
 
 
+def config_runs(runs: list[tuple[Path, dict]], configs: list[str] | None, folds: list[int] | None,
+                input_root: str | os.PathLike) -> list[tuple[str | None, list[tuple[Path, dict]]]]:
+    """The attached runs of each config, by fold (``configs`` None: every run, of one experiment): a fold
+    missing or attached twice is an error naming the config."""
+    if configs:
+        from ..experiment import load_experiment
+
+        named = [(c, load_experiment(resolve_config(c, input_root)).name) for c in configs]
+        groups = [(c, [r for r in runs if r[1].get("experiment") == name]) for c, name in named]
+    else:
+        groups = [(None, runs)]
+    out = []
+    for config, mine in groups:
+        where = f" of {config}" if config else ""
+        found = [m["fold"] for _, m in mine]
+        if len(set(found)) != len(found):
+            raise UserError(f"fold(s){where} attached twice: {sorted(found)}")
+        wanted = sorted(set(found)) if folds is None else folds
+        missing = sorted(set(wanted) - set(found))
+        if missing or not mine:
+            raise UserError(f"fold(s) {missing or wanted}{where} missing: found {sorted(found)} under {input_root}")
+        out.append((config, [run for run in mine if run[1]["fold"] in set(wanted)]))
+    names = {m["experiment"] for _, m in out[0][1]}
+    if not configs and len(names) != 1:
+        raise UserError(f"the attached runs come from different experiments: {sorted(names)}")
+    return out
+
+
+def _predict(config: str | None, runs, competition: Path, scratch: Path, workers, input_root):
+    """One config's test slices through its folds' models: ``infer_blend.Predicted`` and the failed IDs."""
+    from ..experiment import load_experiment
+    from ..sequence.stage import test_slices
+    from ..train.calibration import fill_rates  # torch from here on
+    from .infer_blend import Predicted
+
+    folder0, manifest0 = runs[0]
+    experiment = load_experiment(folder0 / manifest0["config"])
+    weights = [str(folder / m["weights"]) for folder, m in runs]
+    ok, folder, failed = split_inputs(experiment, competition, "test", scratch, workers, input_root)
+    test, _ = test_slices(ok, folder, experiment, weights, dicom=experiment.data.source == "dicom")
+    run_dirs = [folder / f"fold{m['fold']}" for folder, m in runs]
+    return Predicted(config or experiment.name, experiment, run_dirs, test, fill_rates(weights)), ok, failed
+
+
 def kaggle_infer(
     input_root: str | os.PathLike = INPUT_ROOT,
     output: str | os.PathLike = OUTPUT_ROOT,
     folds: list[int] | None = None,
     scratch: str | os.PathLike | None = None,
     workers: int | None = None,
+    configs: list[str] | None = None,
 ) -> Path:
     """Average the attached train runs' TTA predictions on the test slices into
-    ``<output>/submission.csv`` (checked against the sample); returns its path."""
+    ``<output>/submission.csv`` (checked against the sample); returns its path. With several
+    ``configs``, each is predicted, then they are blended (``infer_blend``)."""
     from .. import __version__
-    from ..experiment import load_experiment
     from ..tables.submission import write_checked
 
     started = time.time()
@@ -321,48 +366,52 @@ def kaggle_infer(
     runs = find_train_runs(input_root)
     if not runs:
         raise UserError(f"no {TRAIN_MANIFEST} under {input_root}: attach the train kernels' outputs")
-    found = [m["fold"] for _, m in runs]
-    if len(set(found)) != len(found):
-        raise UserError(f"fold(s) attached twice: {sorted(found)}")
-    if folds is not None:
-        missing = sorted(set(folds) - set(found))
-        if missing:
-            raise UserError(f"fold(s) {missing} missing: found {sorted(found)} under {input_root}")
-        runs = [run for run in runs if run[1]["fold"] in set(folds)]
-    names = {m["experiment"] for _, m in runs}
-    if len(names) != 1:
-        raise UserError(f"the attached runs come from different experiments: {sorted(names)}")
-    folder0, manifest0 = runs[0]
-    experiment = load_experiment(folder0 / manifest0["config"])
-    weights = [str(folder / m["weights"]) for folder, m in runs]
-    _banner(f"infer {experiment.name}, folds {[m['fold'] for _, m in runs]} on {competition}")
-
-    ok, folder, failed = split_inputs(experiment, competition, "test", scratch, workers, input_root)
-
-    from ..sequence.stage import out_of_fold, sequence_stage, test_slices
-    from ..train.calibration import fill_rates  # torch from here on
-
-    test, calibrated = test_slices(ok, folder, experiment, weights, dicom=experiment.data.source == "dicom")
+    groups = config_runs(runs, configs if configs and len(configs) > 1 else None, folds, input_root)
+    described = [f"{config or mine[0][1]['experiment']} folds {[m['fold'] for _, m in mine]}"
+                 for config, mine in groups]
+    _banner(f"infer {', '.join(described)} on {competition}")
+    predicted = [_predict(c, m, competition, scratch, workers, input_root) for c, m in groups]
+    _, ok, failed = predicted[0]
     if failed:  # an unreadable slice still needs rows: the training label rates
         print(f"  {len(failed)} test slice(s) unreadable: the training label rates for them", flush=True)
-    sample, rates = competition / "stage_2_sample_submission.csv", fill_rates(weights)
-    context = experiment.sequence.enabled
+    sample = competition / "stage_2_sample_submission.csv"
     invalid = f"failed its check against {sample}"
-    submission, report = write_checked(output / ("submission_2d.csv" if context else "submission.csv"), test.ids,
-                                       calibrated, sample, rates, "  the CNN alone: ", "\n  ", invalid)
-    scores = {}
-    if context:  # the sequence stage on the folds' out-of-fold outputs, on this machine's CPU
-        oof = out_of_fold([folder / f"fold{m['fold']}" for folder, m in runs])
-        probs, scores = sequence_stage(oof, test, experiment, output / "sequence")
-        print(f"  study context: out-of-fold {scores['cnn_oof']:.4f} -> {scores['sequence_oof']:.4f} "
-              f"({scores['seconds']:.0f}s)", flush=True)
-        submission, report = write_checked(output / "submission.csv", test.ids, probs, sample, rates,
-                                           "  with study context: ", "\n  ", invalid)
+    record = _runs_record(predicted[0][0].experiment.name, groups[0][1])
+    if len(groups) > 1:
+        from .infer_blend import blend_configs
+
+        submission, report, blended = blend_configs([p for p, _, _ in predicted], output, sample, invalid)
+        record.update(blended, experiment="+".join(p.experiment.name for p, _, _ in predicted))
+        record["configs"] = [p.name for p, _, _ in predicted]
+        record["experiments"] = {p.name: _runs_record(p.experiment.name, m) for (p, _, _), (_, m) in
+                                 zip(predicted, groups)}
+    else:
+        submission, report, record["sequence"] = _infer_one(predicted[0][0], output, sample, invalid, write_checked)
     (output / INFER_MANIFEST).write_text(json.dumps({
-        "kind": "ichkaggle-infer", "ichkaggle_version": __version__, "experiment": experiment.name,
-        "folds": [m["fold"] for _, m in runs],
-        "valid_weighted_log_loss": {str(m["fold"]): m.get("valid_weighted_log_loss") for _, m in runs},
+        "kind": "ichkaggle-infer", "ichkaggle_version": __version__, **record,
         "test_images": len(ok) + len(failed), "unreadable": len(failed), "check": report.lines(),
-        "sequence": scores, "seconds": round(time.time() - started, 1)}, indent=2) + "\n")
+        "seconds": round(time.time() - started, 1)}, indent=2) + "\n")
     print(f"done: {submission}", flush=True)
     return submission
+
+
+def _runs_record(name: str, runs) -> dict:
+    return {"experiment": name, "folds": [m["fold"] for _, m in runs],
+            "valid_weighted_log_loss": {str(m["fold"]): m.get("valid_weighted_log_loss") for _, m in runs}}
+
+
+def _infer_one(one, output: Path, sample: Path, invalid: str, write_checked):
+    """One config: the CNN alone, then the sequence stage on its folds' out-of-fold outputs when enabled."""
+    from ..sequence.stage import out_of_fold, sequence_stage
+
+    context = one.experiment.sequence.enabled
+    submission, report = write_checked(output / ("submission_2d.csv" if context else "submission.csv"), one.test.ids,
+                                       one.test.calibrated, sample, one.rates, "  the CNN alone: ", "\n  ", invalid)
+    scores = {}
+    if context:  # the sequence stage on the folds' out-of-fold outputs, on this machine's CPU
+        probs, scores = sequence_stage(out_of_fold(one.run_dirs), one.test, one.experiment, output / "sequence")
+        print(f"  study context: out-of-fold {scores['cnn_oof']:.4f} -> {scores['sequence_oof']:.4f} "
+              f"({scores['seconds']:.0f}s)", flush=True)
+        submission, report = write_checked(output / "submission.csv", one.test.ids, probs, sample, one.rates,
+                                           "  with study context: ", "\n  ", invalid)
+    return submission, report, scores

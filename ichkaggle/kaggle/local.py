@@ -206,20 +206,22 @@ def synthetic_competition(folder: Path, log: Callable[[str], None]) -> Path:
     return folder
 
 
-def rehearsal_layout(root: Path, layout, config: str, owner: str, log: Callable[[str], None]):
-    """The layout to run with: the checkout's package dataset when it is current and holds ``config``,
-    else one built into ``root/datasets`` (with ``config`` when it is a file)."""
+def rehearsal_layout(root: Path, layout, config, owner: str, log: Callable[[str], None]):
+    """The layout to run with: the checkout's package dataset when it is current and holds ``config``
+    (one or several), else one built into ``root/datasets`` (with each config that is a file)."""
     from .bundle import SRC_DATASET, build_bundle, stale_bundle
     from .flow import kernel_config_name
 
+    configs = [config] if isinstance(config, str) else list(config)
     reason = stale_bundle(layout.datasets / SRC_DATASET)
     if reason is None:
         try:
-            kernel_config_name(config, layout)
+            for name in configs:
+                kernel_config_name(name, layout)
             return layout
         except UserError as err:
             reason = str(err)
-    extra = (config,) if Path(config).is_file() else ()
+    extra = tuple(c for c in configs if Path(c).is_file())
     built = build_bundle(root / "datasets" / SRC_DATASET, owner, extra_configs=extra)
     log(f"built the package dataset into {built.out} ({reason.split(':')[0]})")
     weights = layout.datasets / WEIGHTS_DATASET
@@ -229,7 +231,7 @@ def rehearsal_layout(root: Path, layout, config: str, owner: str, log: Callable[
     return replace(layout, datasets=root / "datasets")
 
 
-def rehearsal(root: str | Path, layout, config: str, owner: str, *, data: str | Path | None = None,
+def rehearsal(root: str | Path, layout, config, owner: str, *, data: str | Path | None = None,
               limits: Limits | None = None, quota_hours: float = 30.0, submissions_per_day: int = 5,
               log: Callable[[str], None] = print) -> tuple[LocalSession, object]:
     """(the session, the layout) of a rehearsal under ``root``."""

@@ -19,11 +19,16 @@
 A JSON state file records every pushed version, each fold's session and the submission, so
 the same command run again continues where it stopped: versions in flight are followed, not
 pushed again.
+
+Several configs (``--config A --config B``, :mod:`ichkaggle.kaggle.runset`): every config's folds
+are trained through the same scheduler (its kernels tagged with the config), the prepare kernels
+are shared by the configs whose image settings agree, and ONE infer kernel attaches every
+config's last sessions and every prepared part, predicts each config, blends them on their
+out-of-fold tables and runs the FIRST config's ``[sequence]`` stage on the blend.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -34,7 +39,6 @@ from pathlib import Path
 from ..competition import SLUG as COMPETITION
 from ..errors import UserError
 from ..files import sha256_file, write_atomic
-from ..prepared.reader import settings_for
 from .api import KaggleSession
 from .contract import PREPARE_MANIFEST, TRAIN_MANIFEST
 from .failures import KaggleError
@@ -44,14 +48,27 @@ from .flow import (
     KernelJob,
     Layout,
     _print,
-    experiment_folds,
     kernel_config_name,
     kernel_template,
     warn_if_stale,
 )
 from .parts import MAX_SOURCES, slug_suffix
-from .plan import MAX_GPU_SESSIONS, make_plan, margin_minutes, record_throughput
+from .plan import MAX_GPU_SESSIONS, make_plan, margin_minutes, record_throughput, total_lines
 from .results import DEFAULT_POLLING, Polling, PushedKernel
+from .runset import (
+    RunConfig,
+    check_slugs,
+    fixed_sources,
+    fold_key,
+    fold_slug,
+    infer_slug,
+    prepare_key,
+    run_configs,
+    settings_groups,
+    several,
+    state_identity,
+    state_name,
+)
 from .schedule import Scheduler, Unit
 from .submit import check_csv
 
@@ -97,8 +114,9 @@ class PipelineState:
             self.data["kernels"][kernel.ref] = asdict(kernel)
         self.save()
 
-    def fold(self, k: int) -> dict:
-        return self.data["sessions"].setdefault(str(k), {"session": 1, "complete": False})
+    def fold(self, key) -> dict:
+        """A fold's sessions: ``key`` is the fold (one config) or ``"<config>/<fold>"`` (runset.fold_key)."""
+        return self.data["sessions"].setdefault(str(key), {"session": 1, "complete": False})
 
 
 # ----------------------------------------------------------------------------- the kernels of a run
@@ -108,9 +126,7 @@ def prepare_jobs(layout: Layout, config: str, experiment, parts: int = 1) -> lis
     """Named after the image settings, so the parts serve every config sharing them; one part keeps
     the slug runs made before parts existed."""
     template, slug, title = kernel_template(layout, PREPARE)
-    settings = settings_for(experiment.data)
-    digest = hashlib.sha1(json.dumps(settings.as_json(), sort_keys=True).encode()).hexdigest()[:6]
-    key = f"{settings.size}px-{settings.format}-{digest}"
+    key = prepare_key(experiment)
     return [KernelJob(PREPARE, template, f"{slug}-{key}{slug_suffix(i, parts)}",
                       f"{title} {key}{slug_suffix(i, parts).replace('-', ' ')}",
                       {"CONFIG": kernel_config_name(config, layout), "PART": i, "PARTS": parts}, (),
@@ -118,76 +134,120 @@ def prepare_jobs(layout: Layout, config: str, experiment, parts: int = 1) -> lis
             for i in range(parts)]
 
 
+def _titled(slug: str, title: str, name: str) -> str:
+    """The title of the kernel ``name`` made from the template ``slug``: Kaggle makes the slug from the title."""
+    return title + name[len(slug):].replace("-", " ")
+
+
 def session_job(owner: str, layout: Layout, config: str, fold: int, number: int, prepared: list[str],
-                margin: float = 20.0) -> KernelJob:
-    """Session ``number`` of a fold: attached to every prepared part and to the session before it."""
+                margin: float = 20.0, tag: str = "") -> KernelJob:
+    """Session ``number`` of a fold: attached to every prepared part and to the session before it
+    (``tag``: the config's part of the slug when a run has several)."""
     template, slug, title = kernel_template(layout, TRAIN)
-    sources = list(prepared) + ([f"{owner}/{slug}-fold{fold}-s{number - 1}"] if number > 1 else [])
-    return KernelJob(TRAIN, template, f"{slug}-fold{fold}-s{number}", f"{title} fold{fold} s{number}",
+    run_config = RunConfig(config, None, tag)
+    name = fold_slug(slug, run_config, fold, number)
+    sources = list(prepared) + ([f"{owner}/{fold_slug(slug, run_config, fold, number - 1)}"] if number > 1 else [])
+    return KernelJob(TRAIN, template, name, _titled(slug, title, name),
                      {"CONFIG": kernel_config_name(config, layout), "FOLD": fold, "MARGIN_MINUTES": margin},
                      tuple(sources))
 
 
-def infer_job(owner: str, layout: Layout, config: str, sessions: dict[int, int], prepared: list[str]) -> KernelJob:
+def infer_job(owner: str, layout: Layout, configs: list[RunConfig], folds: list[int], sessions: dict[str, int],
+              prepared: list[str]) -> KernelJob:
+    """The infer kernel: every prepared part and each config's folds' last sessions (``sessions``: by
+    ``runset.fold_key``); with several configs its script is told them (``CONFIGS``) and blends them."""
     template, slug, title = kernel_template(layout, INFER)
     _, train_slug, _ = kernel_template(layout, TRAIN)
-    sources = list(prepared) + [f"{owner}/{train_slug}-fold{k}-s{n}" for k, n in sorted(sessions.items())]
-    return KernelJob(INFER, template, slug, title, {"FOLDS": sorted(sessions)}, tuple(sources))
+    sources = list(prepared) + [f"{owner}/{fold_slug(train_slug, c, k, sessions[fold_key(c, k)])}"
+                                for c in configs for k in folds]
+    name = infer_slug(slug, configs)
+    variables = {"FOLDS": sorted(folds), **({"CONFIGS": [c.name for c in configs]} if several(configs) else {})}
+    return KernelJob(INFER, template, name, _titled(slug, title, name), variables, tuple(sources))
 
 
 def max_parts(layout: Layout, folds: int) -> int:
     """Prepared parts a kernel can attach besides its other sources: the train kernel's datasets, the
-    competition and the session before; the infer kernel's datasets, the competition and one per fold."""
+    competition and the session before; the infer kernel's datasets, the competition and one per fold
+    (``folds``: of every config)."""
     def fixed(name: str) -> int:
-        meta = json.loads((kernel_template(layout, name)[0] / "kernel-metadata.json").read_text())
-        return len(meta.get("dataset_sources", [])) + len(meta.get("competition_sources", [COMPETITION]))
+        return fixed_sources(kernel_template(layout, name)[0], COMPETITION)
 
     return MAX_SOURCES - max(fixed(TRAIN) + 1, fixed(INFER) + folds)
+
+
+def check_sources(layout: Layout, configs: int, folds: int, parts: dict[str, int]) -> None:
+    """Refuse, before anything is pushed, a run of ``configs`` configs x ``folds`` folds whose infer (or
+    train) kernel would attach more than ``MAX_SOURCES``: the arithmetic in the message (``parts``: the
+    prepared parts of each image setting)."""
+    infer = fixed_sources(kernel_template(layout, INFER)[0], COMPETITION)
+    train = fixed_sources(kernel_template(layout, TRAIN)[0], COMPETITION)
+    sessions = configs * folds
+    needed = infer + sessions + sum(parts.values())
+    if needed > MAX_SOURCES:
+        raise UserError(f"the infer kernel would attach {infer} (its datasets and the competition) + {sessions} fold "
+                        f"session(s) ({configs} config(s) x {folds} fold(s)) + {sum(parts.values())} "
+                        f"prepared part(s) ({', '.join(f'{k}: {n}' for k, n in parts.items())}) = {needed} sources; "
+                        f"a kernel attaches at most {MAX_SOURCES}: fewer configs or folds, or configs sharing their "
+                        "image settings; nothing was pushed")
+    widest = train + 1 + max(parts.values(), default=0)
+    if widest > MAX_SOURCES:
+        raise UserError(f"a train kernel would attach {train} + 1 (the session before) + {max(parts.values())} "
+                        f"prepared part(s) = {widest} sources; a kernel attaches at most {MAX_SOURCES}")
 
 
 # ----------------------------------------------------------------------------- the run's units
 
 
 class _Run:
-    """The units the scheduler runs, over one run's state, layout and plan."""
+    """The units the scheduler runs, over one run's state, layout, configs and plans."""
 
-    def __init__(self, session, state: PipelineState, owner: str, layout: Layout, config: str, experiment,
+    def __init__(self, session, state: PipelineState, owner: str, layout: Layout, configs: list[RunConfig],
                  accelerator: str, log: Callable[[str], None]):
-        self.session, self.state, self.owner, self.layout, self.config = session, state, owner, layout, config
-        self.experiment, self.accelerator, self.log = experiment, accelerator, log
-        self.prepared: list[str] = []
+        self.session, self.state, self.owner, self.layout, self.configs = session, state, owner, layout, configs
+        self.accelerator, self.log = accelerator, log
+        self.prepared: dict[str, list[str]] = {}  # image settings -> the refs of their prepared parts
 
-    def prepare_units(self, jobs: list[KernelJob]) -> list[Unit]:
-        self.prepared = [job.ref(self.owner) for job in jobs]
+    def prepared_for(self, config: RunConfig) -> list[str]:
+        return self.prepared.get(prepare_key(config.experiment), [])
+
+    def all_prepared(self) -> list[str]:
+        return [ref for refs in self.prepared.values() for ref in refs]
+
+    def prepare_units(self, jobs: dict[str, list[KernelJob]]) -> list[Unit]:
+        self.prepared = {key: [job.ref(self.owner) for job in group] for key, group in jobs.items()}
         units = []
-        for i, job in enumerate(jobs):
-            done: list[PushedKernel] = []
+        for key, group in jobs.items():
+            named = f" ({key})" if len(jobs) > 1 else ""
+            for i, job in enumerate(group):
+                done: list[PushedKernel] = []
 
-            def complete(kernel: PushedKernel, done=done) -> None:
-                if not (Path(kernel.output) / PREPARE_MANIFEST).is_file():
-                    raise UserError(f"{kernel.ref} v{kernel.version} finished without {PREPARE_MANIFEST} "
-                                    f"(log: {kernel.log or kernel.url})")
-                done.append(kernel)
+                def complete(kernel: PushedKernel, done=done) -> None:
+                    if not (Path(kernel.output) / PREPARE_MANIFEST).is_file():
+                        raise UserError(f"{kernel.ref} v{kernel.version} finished without {PREPARE_MANIFEST} "
+                                        f"(log: {kernel.log or kernel.url})")
+                    done.append(kernel)
 
-            units.append(Unit(f"prepare part {i} of {len(jobs)}", False,
-                              lambda job=job, done=done: None if done else job, complete))
+                units.append(Unit(f"prepare part {i} of {len(group)}{named}", False,
+                                  lambda job=job, done=done: None if done else job, complete))
         return units
 
-    def fold_unit(self, fold: int, hours: float) -> Unit:
+    def fold_unit(self, config: RunConfig, fold: int, hours: float) -> Unit:
         train_slug = kernel_template(self.layout, TRAIN)[1]
         session_hours = self.session.session_hours
+        key, label = fold_key(config, fold), f"{config.name} fold {fold}" if config.tag else f"fold {fold}"
 
         def job() -> KernelJob | None:
-            entry = self.state.fold(fold)
+            entry = self.state.fold(key)
             if entry["complete"]:
                 return None
-            ref = f"{self.owner}/{train_slug}-fold{fold}-s{entry['session']}"
+            ref = f"{self.owner}/{fold_slug(train_slug, config, fold, entry['session'])}"
             margin = margin_minutes(session_hours, killed=bool(self.state.data["killed"].get(ref)))
-            return session_job(self.owner, self.layout, self.config, fold, entry["session"], self.prepared, margin)
+            return session_job(self.owner, self.layout, config.name, fold, entry["session"],
+                               self.prepared_for(config), margin, config.tag)
 
-        return Unit(f"fold {fold}", True, job, lambda kernel: self.session_ended(fold, kernel), hours)
+        return Unit(label, True, job, lambda kernel: self.session_ended(config, key, label, kernel), hours)
 
-    def session_ended(self, fold: int, kernel: PushedKernel) -> None:
+    def session_ended(self, config: RunConfig, key: str, label: str, kernel: PushedKernel) -> None:
         """A fold's session ended COMPLETE: the fold is complete, or its next session is due."""
         path = Path(kernel.output) / TRAIN_MANIFEST
         if not path.is_file():
@@ -195,22 +255,22 @@ class _Run:
                             f"(log: {kernel.log or kernel.url})")
         manifest = json.loads(path.read_text())
         if manifest.get("img_per_s"):
-            record_throughput(self.layout.out, self.experiment.name, self.accelerator, manifest["img_per_s"],
+            record_throughput(self.layout.out, config.experiment.name, self.accelerator, manifest["img_per_s"],
                               manifest.get("device") or "")
-        entry = self.state.fold(fold)
+        entry = self.state.fold(key)
         if manifest.get("complete"):
             entry["complete"] = True
-            self.log(f"  fold {fold}: complete after {entry['session']} session(s); validation weighted log loss "
+            self.log(f"  {label}: complete after {entry['session']} session(s); validation weighted log loss "
                      f"{manifest.get('valid_weighted_log_loss')}")
         else:
             progress = manifest.get("progress")
-            if self.state.data["progress"].get(str(fold)) == progress:
-                raise UserError(f"fold {fold}: session {entry['session']} ({kernel.ref} v{kernel.version}) made no "
+            if self.state.data["progress"].get(key) == progress:
+                raise UserError(f"{label}: session {entry['session']} ({kernel.ref} v{kernel.version}) made no "
                                 f"progress ({progress}): the session's time leaves no room for an epoch; give the "
                                 "sessions more time (--session-hours with --local) or make the epochs shorter")
-            self.state.data["progress"][str(fold)] = progress
+            self.state.data["progress"][key] = progress
             entry["session"] += 1
-            self.log(f"  fold {fold}: {progress}; session {entry['session']} next")
+            self.log(f"  {label}: {progress}; session {entry['session']} next")
         self.state.save()
 
     def infer_unit(self, folds: list[int]) -> tuple[Unit, list[PushedKernel]]:
@@ -223,8 +283,10 @@ class _Run:
             done.append(kernel)
 
         def job() -> KernelJob | None:
-            sessions = {k: self.state.fold(k)["session"] for k in folds}
-            return None if done else infer_job(self.owner, self.layout, self.config, sessions, self.prepared)
+            if done:
+                return None
+            sessions = {fold_key(c, k): self.state.fold(fold_key(c, k))["session"] for c in self.configs for k in folds}
+            return infer_job(self.owner, self.layout, self.configs, folds, sessions, self.all_prepared())
 
         return Unit("infer", True, job, complete), done
 
@@ -240,50 +302,69 @@ def _quota(session: KaggleSession, log: Callable[[str], None]):
         return None
 
 
-def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config: str, folds: list[int] | None, *,
+def _plans(session, layout: Layout, state: PipelineState, configs: list[RunConfig], folds: list[int],
+           accelerator: str, throughput: float | None, max_gpu_sessions: int) -> tuple[dict, dict[str, int]]:
+    """(each config's plan, the prepared parts of each image setting); the parts a run started with stay."""
+    train_images, test_images = session.image_counts()
+    groups = settings_groups(configs)
+    check_sources(layout, len(configs), len(folds), dict.fromkeys(groups, 1))  # before parts are sized
+    recorded = state.data.get("parts")
+    started = recorded if isinstance(recorded, dict) else {next(iter(groups)): recorded} if recorded else {}
+    plans = {c.name: make_plan(c.experiment, len(folds), accelerator, records=layout.out, train_images=train_images,
+                               test_images=test_images, throughput_given=throughput, max_gpu_sessions=max_gpu_sessions,
+                               session_hours=session.session_hours, part_limit=session.output_limit,
+                               max_parts=max_parts(layout, len(configs) * len(folds)),
+                               parts=started.get(prepare_key(c.experiment)))
+             for c in configs}
+    parts = {key: (plans[group[0].name].parts.parts if plans[group[0].name].parts else 1)
+             for key, group in groups.items()}
+    return plans, parts
+
+
+def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config, folds: list[int] | None, *,
                  message: str | None = None, submit: bool = True, sample: str | os.PathLike | None = None,
                  state_path: str | os.PathLike | None = None, polling: Polling = DEFAULT_POLLING,
                  accelerator: str | None = None, competition: str = COMPETITION, force: bool = False,
                  max_gpu_sessions: int = MAX_GPU_SESSIONS, throughput: float | None = None,
                  log: Callable[[str], None] = _print) -> dict:
-    """Prepare, train every fold in chained sessions, infer with their average, submit; resumable."""
-    experiment, folds = experiment_folds(config, folds)
+    """Prepare, train every fold of every config (``config``: one name or several) in chained sessions,
+    infer with their average (several configs: blended), submit; resumable."""
+    configs, folds = run_configs(config, folds, layout)
     accelerator = accelerator or DEFAULT_GPU
-    identity = {"config": kernel_config_name(config, layout), "folds": folds, "owner": owner}
-    state_path = state_path or layout.out / f"{identity['config']}-folds{'-'.join(map(str, folds))}.json"
-    state = PipelineState.load(Path(state_path), identity)
+    state = PipelineState.load(Path(state_path or layout.out / state_name(configs, folds)),
+                               state_identity(configs, folds, owner))
     warn_if_stale(layout)
-    log(f"run {experiment.name}, folds {folds}, on {accelerator}, as {owner}, at most {max_gpu_sessions} GPU "
+    names = "+".join(c.experiment.name for c in configs)
+    log(f"run {names}, folds {folds}, on {accelerator}, as {owner}, at most {max_gpu_sessions} GPU "
         f"session(s) at once; state: {state.path}")
-
-    train_images, test_images = session.image_counts()
-    plan = make_plan(experiment, len(folds), accelerator, records=layout.out, train_images=train_images,
-                     test_images=test_images, throughput_given=throughput, max_gpu_sessions=max_gpu_sessions,
-                     session_hours=session.session_hours, part_limit=session.output_limit,
-                     max_parts=max_parts(layout, len(folds)), parts=state.data.get("parts"))
+    check_slugs(kernel_template(layout, TRAIN)[1], configs, folds)
+    plans, parts = _plans(session, layout, state, configs, folds, accelerator, throughput, max_gpu_sessions)
     quota = _quota(session, log)
-    for line in plan.lines(quota):
-        log(line)
-    state.data["parts"] = plan.parts.parts if plan.parts else 1
+    for plan in plans.values():
+        for line in plan.lines(quota if not several(configs) else None):
+            log(line)
+    if several(configs):
+        for line in total_lines(list(plans.values()), max_gpu_sessions, quota):
+            log(line)
+    check_sources(layout, len(configs), len(folds), parts)
+    state.data["parts"] = parts if len(parts) > 1 else next(iter(parts.values()))
     state.save()
-    open_folds = [k for k in folds if not state.fold(k)["complete"]]
-    if open_folds and state.fold(open_folds[0])["session"] == 1 and not force and quota is not None \
-            and quota.remaining < plan.hours_per_fold * len(open_folds):
-        raise UserError(f"the weekly GPU quota has {quota.remaining:.1f} h left and the plan's {len(open_folds)} "
-                        f"fold(s) need up to {plan.hours_per_fold * len(open_folds):.1f} h: stopped before pushing "
-                        f"anything (nothing lost, state in {state.path}); run the same command again after the quota "
-                        f"refreshes ({quota.refresh}), or add --force")
+    _check_quota(state, configs, folds, plans, quota, force)
 
-    run = _Run(session, state, owner, layout, config, experiment, accelerator, log)
+    run = _Run(session, state, owner, layout, configs, accelerator, log)
     scheduler = Scheduler(session, state, owner, polling, layout.out, accelerator, max_gpu_sessions, log, HINT)
-    jobs = prepare_jobs(layout, config, experiment, state.data["parts"])
-    log(f"[1/4] prepare: train and test, packed, once for these image settings ({len(jobs)} CPU kernel(s))")
+    jobs = {key: prepare_jobs(layout, group[0].name, group[0].experiment, parts[key])
+            for key, group in settings_groups(configs).items()}
+    shared = f", shared by {len(configs)} configs" if several(configs) and len(jobs) == 1 else ""
+    log(f"[1/4] prepare: train and test, packed, once for each image setting ({sum(map(len, jobs.values()))} CPU "
+        f"kernel(s){shared})")
     scheduler.run(run.prepare_units(jobs))
     log(f"[2/4] train: each fold in sessions of at most {session.session_hours:g} h, at most {max_gpu_sessions} "
         "at once")
-    scheduler.run([run.fold_unit(k, plan.hours_per_session) for k in folds])
+    scheduler.run([run.fold_unit(c, k, plans[c.name].hours_per_session) for c in configs for k in folds])
 
-    log("[3/4] infer: the folds' last sessions averaged (TTA, calibrated) into submission.csv")
+    blended = f", the {len(configs)} configs blended on their out-of-fold predictions" if several(configs) else ""
+    log(f"[3/4] infer: the folds' last sessions averaged (TTA, calibrated){blended} into submission.csv")
     unit, done = run.infer_unit(folds)
     scheduler.run([unit])
     infer = done[-1]
@@ -292,9 +373,23 @@ def run_pipeline(session: KaggleSession, owner: str, layout: Layout, config: str
         log(f"[4/4] submission skipped (--no-submit): {csv}")
         return state.data
     log("[4/4] submit")
-    message = message or f"ichkaggle {experiment.name} folds {','.join(map(str, folds))} ({infer.ref} v{infer.version})"
+    message = message or f"ichkaggle {names} folds {','.join(map(str, folds))} ({infer.ref} v{infer.version})"
     submit_once(session, state, csv, message, sample, competition, polling, log)
     return state.data
+
+
+def _check_quota(state: PipelineState, configs: list[RunConfig], folds: list[int], plans: dict, quota,
+                 force: bool) -> None:
+    """Refuse to start folds the weekly quota cannot pay for (unless ``force``); a run under way goes on."""
+    open_folds = [(c, k) for c in configs for k in folds if not state.fold(fold_key(c, k))["complete"]]
+    if not open_folds or state.fold(fold_key(*open_folds[0]))["session"] != 1 or force or quota is None:
+        return
+    need = sum(plans[c.name].hours_per_fold for c, _ in open_folds)
+    if quota.remaining < need:
+        raise UserError(f"the weekly GPU quota has {quota.remaining:.1f} h left and the plan's {len(open_folds)} "
+                        f"fold(s) need up to {need:.1f} h: stopped before pushing anything (nothing lost, state in "
+                        f"{state.path}); run the same command again after the quota refreshes ({quota.refresh}), "
+                        "or add --force")
 
 
 def submit_once(session: KaggleSession, state: PipelineState, csv: Path, message: str, sample, competition: str,

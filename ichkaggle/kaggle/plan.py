@@ -156,13 +156,35 @@ def session_rounds(folds: int, sessions: int, at_once: int) -> int:
     """Waves of sessions ``push run`` needs when each of ``folds`` folds is a chain of ``sessions``
     sessions of equal length and at most ``at_once`` run together: the schedule it follows (the
     lowest open fold first, a fold's next session as soon as its previous one ended), simulated."""
-    left = [sessions] * folds
+    return chain_rounds([sessions] * folds, at_once)
+
+
+def chain_rounds(chains: list[int], at_once: int) -> int:
+    """Waves of sessions for folds whose chains have these lengths (several configs' folds together)."""
+    left = list(chains)
     rounds = 0
     while any(left):
         rounds += 1
         for k in [k for k, n in enumerate(left) if n][:max(1, at_once)]:
             left[k] -= 1
     return rounds
+
+
+def total_lines(plans: list[Plan], max_gpu_sessions: int = MAX_GPU_SESSIONS, quota: Quota | None = None) -> list[str]:
+    """What several configs' plans cost together (``push run --config A --config B``): GPU-hours summed,
+    the wall clock of all their folds through the same GPU sessions, the quota against the sum."""
+    hours = sum(p.total_hours for p in plans)
+    rounds = chain_rounds([p.sessions_per_fold for p in plans for _ in range(p.folds)], max_gpu_sessions)
+    each = ", ".join(f"{p.config} {p.total_hours:.1f} h" for p in plans)
+    out = [f"all {len(plans)} configs",
+           f"  GPU-hours            {hours:.1f} in total ({each})",
+           f"  wall clock           ~{rounds} round(s) of sessions, {max_gpu_sessions} at once, then one infer kernel "
+           "that blends the configs"]
+    if quota is not None:
+        verdict = "fits" if hours <= quota.remaining else "does NOT fit"
+        out.append(f"  weekly GPU quota     {quota.remaining:.1f} h remaining of {quota.total:.1f} h "
+                   f"(refreshes {quota.refresh}): the plans together {verdict}")
+    return out
 
 
 def in_channels(experiment) -> int:

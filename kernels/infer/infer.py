@@ -2,8 +2,9 @@
 
 Installs the package from the ichkaggle-src dataset (the bundled wheel, no index, no
 dependencies) and calls ichkaggle.kaggle.kernel.kaggle_infer, which reads the attached train
-kernels' outputs (kernel_sources). `ichkaggle push` writes FOLDS below; the ICHKAGGLE_*
-variables let a local run point it at another tree than /kaggle.
+kernels' outputs (kernel_sources). `ichkaggle push` writes FOLDS below and, for a run of
+several configs, CONFIGS (each config's folds predicted, then blended on their out-of-fold
+predictions); the ICHKAGGLE_* variables let a local run point it at another tree than /kaggle.
 """
 import glob
 import importlib
@@ -12,6 +13,7 @@ import subprocess
 import sys
 
 FOLDS = [0, 1, 2, 3, 4]
+CONFIGS = []
 
 INPUT = os.environ.get("ICHKAGGLE_INPUT", "/kaggle/input")
 OUTPUT = os.environ.get("ICHKAGGLE_OUTPUT", "/kaggle/working")
@@ -35,4 +37,6 @@ install_package()
 from ichkaggle.kaggle.kernel import kaggle_infer  # noqa: E402
 
 folds = os.environ.get("ICHKAGGLE_FOLDS")
-kaggle_infer(INPUT, OUTPUT, [int(f) for f in folds.split(",")] if folds else FOLDS)
+configs = os.environ.get("ICHKAGGLE_CONFIGS")
+kaggle_infer(INPUT, OUTPUT, [int(f) for f in folds.split(",")] if folds else FOLDS,
+             configs=configs.split(",") if configs else CONFIGS)
