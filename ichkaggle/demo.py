@@ -262,6 +262,7 @@ def _score(outputs: dict, data: Path, workdir: Path) -> dict:
 
 def _report(workdir: Path, experiments, runs, table, prepared: Path, outputs: dict, scores: dict, truth: Path):
     """report.md (a row per stage: out of fold and on the test) and scores.json (what the ledger reads)."""
+    from .ledger import config_digest
     from .train.report import write_demo_report
 
     rows = [(name, outputs["oof"].get(name.split(" (")[0]), scores.get(name)) for name, _ in outputs["submissions"]]
@@ -270,7 +271,8 @@ def _report(workdir: Path, experiments, runs, table, prepared: Path, outputs: di
     ledger = {  # ichkaggle.ledger's format; the whole hidden test is the demo's "private" board
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "configs": [e.name for e in experiments],
         "experiments": {e.name: {"cv": oof[f"CNN {e.name}"], "folds": list(range(e.data.n_folds)),
-                                 "config": e.to_toml(), "private": test.get(f"CNN {e.name}")} for e in experiments},
+                                 "digest": config_digest(e.to_toml()), "private": test.get(f"CNN {e.name}")}
+                        for e in experiments},
         "blend": {"names": list(outputs["blend"].blend.names), "cv": oof["blend of the CNNs"],
                   "weights": np.asarray(outputs["blend"].blend.weights).tolist(),
                   "private": test.get("blend of the CNNs")},

@@ -226,7 +226,7 @@ def test_demo_blends_two_cnns_runs_the_sequence_stage_and_writes_every_checked_s
     assert list(result.scores) == ["constant prior (training rates)", *names]
     for name in names:
         assert (work / f"{name.split('(')[1][:-1]}.csv").exists() and name in out
-    assert result.submission == work / "submission.csv"
+    assert result.submission.resolve() == work / "submission.csv"
     assert set(result.oof) == {"CNN demo", "CNN demo_resnet", "blend of the CNNs", "blend + sequence stage"}
     report = (work / "report.md").read_text()
     assert "| blend + sequence stage (submission) |" in report and "series.png" in report
