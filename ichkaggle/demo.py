@@ -24,7 +24,7 @@ from .errors import UserError
 from .experiment import Experiment, load_experiment
 
 #: the demo's CNNs: two families, so that the blend has two views of each slice
-DEFAULT_CONFIGS = ("demo", "demo_resnet")
+DEFAULT_CONFIGS = ("demo", "demo_rotated")
 SCORES = "scores.json"
 
 

@@ -67,7 +67,7 @@ def test_only_allow_listed_files_go_in(source, tmp_path):
     assert not any("notes.txt" in n or "draft.yaml" in n or "__pycache__" in n for n in names)
     record = [n for n in names if n.endswith("/RECORD")]
     assert record and {n for n in names if n.endswith((".dist-info/METADATA", ".dist-info/WHEEL"))}
-    configs = ["b0_baseline.toml", "b5_t4x2.toml", "demo.toml", "demo_resnet.toml", "exp_00.toml", "rehearsal.toml"]
+    configs = ["b0_baseline.toml", "b5_t4x2.toml", "demo.toml", "demo_rotated.toml", "exp_00.toml", "rehearsal.toml"]
     assert {p.name for p in result.files} == {result.wheel.name, *configs, "dataset-metadata.json", "SHA256SUMS"}
     assert [p.name for p in dataset_files(result.out, "ichkaggle-src")] == sorted(
         [result.wheel.name, "SHA256SUMS", *configs])
@@ -140,7 +140,7 @@ def test_the_wheel_installs_offline_and_carries_the_configs(source, tmp_path):
     out = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [read_project(source).version, "b0_baseline,b5_t4x2,demo,demo_resnet,exp_00,rehearsal"]
+    assert out.stdout.split() == [read_project(source).version, "b0_baseline,b5_t4x2,demo,demo_rotated,exp_00,rehearsal"]
     scripts = (target / "bin" / "ichkaggle")
     assert scripts.exists() and "ichkaggle.cli" in scripts.read_text()
 

@@ -221,18 +221,18 @@ def test_demo_blends_two_cnns_runs_the_sequence_stage_and_writes_every_checked_s
     result = run_demo("w", n_train=150, n_test=30, epochs=1, workers=1, phantom_size=64)
     out = capsys.readouterr().out
     work = tmp_path / "w"
-    names = ["CNN demo (submission_demo)", "CNN demo_resnet (submission_demo_resnet)",
+    names = ["CNN demo (submission_demo)", "CNN demo_rotated (submission_demo_rotated)",
              "blend of the CNNs (submission_2d)", "blend + sequence stage (submission)"]
     assert list(result.scores) == ["constant prior (training rates)", *names]
     for name in names:
         assert (work / f"{name.split('(')[1][:-1]}.csv").exists() and name in out
     assert result.submission.resolve() == work / "submission.csv"
-    assert set(result.oof) == {"CNN demo", "CNN demo_resnet", "blend of the CNNs", "blend + sequence stage"}
+    assert set(result.oof) == {"CNN demo", "CNN demo_rotated", "blend of the CNNs", "blend + sequence stage"}
     report = (work / "report.md").read_text()
     assert "| blend + sequence stage (submission) |" in report and "series.png" in report
     assert (work / "series.png").exists() and (work / "demo" / "run0" / "report.md").exists()
-    assert (work / "demo_resnet" / "run2" / "montage.png").exists() and (work / "demo" / "run0" / "loss.png").exists()
+    assert (work / "demo_rotated" / "run2" / "montage.png").exists() and (work / "demo" / "run0" / "loss.png").exists()
     assert (work / "prepared" / "train" / "shards" / "index.csv").exists()  # the packed layout, prepared once
     scores = json.loads((work / "scores.json").read_text())
-    assert scores["configs"] == ["demo", "demo_resnet"] and len(scores["blend"]["weights"]) == 6
+    assert scores["configs"] == ["demo", "demo_rotated"] and len(scores["blend"]["weights"]) == 6
     assert (work / "results" / "results.md").exists() and (work / "results" / "results.csv").exists()

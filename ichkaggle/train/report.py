@@ -38,7 +38,8 @@ def loss_curve(history: pd.DataFrame, path: Path) -> Path | None:
         return None
     x = np.arange(1, len(history) + 1)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for column, style in (("train_loss", "-o"), ("valid_loss", "-s"), ("weighted_log_loss", "--^")):
+    for column, style in (("train_loss", "-o"), ("valid_loss", "-s"), ("weighted_log_loss", "--^"),
+                          ("weighted_log_loss_averaged", ":v")):
         if column in history:
             ax.plot(x, pd.to_numeric(history[column], errors="coerce"), style, label=column, markersize=3)
     if "phase" in history:
