@@ -140,7 +140,8 @@ def test_the_wheel_installs_offline_and_carries_the_configs(source, tmp_path):
     out = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True,
                          cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == [read_project(source).version, "b0_baseline,b5_t4x2,demo,demo_rotated,exp_00,rehearsal"]
+    configs = "b0_baseline,b5_t4x2,demo,demo_rotated,exp_00,rehearsal"
+    assert out.stdout.split() == [read_project(source).version, configs]
     scripts = (target / "bin" / "ichkaggle")
     assert scripts.exists() and "ichkaggle.cli" in scripts.read_text()
 
