@@ -339,7 +339,7 @@ def plot(rows: list[Row], path: Path) -> str:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return "matplotlib is not installed (the train extra): no cv_vs_lb.png, the tables are written"
+        return "matplotlib is not installed: no cv_vs_lb.png, the tables are written"
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     for key, marker in (("public", "o"), ("private", "s")):
         shown = [r for r in points if getattr(r, key) is not None]

@@ -12,8 +12,8 @@ folds, CV CNN, CV blend, CV sequence, public, private, date, where. Nothing is a
 Kaggle: `push run` (or `submit --wait` through it) records the scores it fetched.
 
 Prints the table (markdown) and writes OUT/results.md, OUT/results.csv and OUT/cv_vs_lb.png
-(CV on x, public and private LB on y, one point per row that has both; matplotlib, from the
-train extra: without it the tables are still written).
+(CV on x, public and private LB on y, one point per row that has both; with matplotlib;
+without it the tables are still written).
 """
 
 from __future__ import annotations
