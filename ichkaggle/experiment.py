@@ -118,8 +118,8 @@ class Phase:
 @dataclass(frozen=True)
 class PredictConfig:
     tta: bool = True
-    tta_n: int = 4
-    tta_beta: float = 0.25
+    tta_n: int = 4  # augmented passes, averaged
+    tta_beta: float = 0.25  # the plain pass's weight in the mix (fastai's ``beta``)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import socket
 from dataclasses import replace
@@ -347,3 +348,110 @@ def test_augmentations_run_on_training_batches_only(prepared):  # noqa: F811
     x_none, _ = no_aug.one_batch()
     assert torch.equal(x_valid, x_none)  # validation: the pixels as they are, no resampling at all
     assert not torch.allclose(x_train, x_valid)
+
+
+# ----------------------------------------------------------------------------- what a resume restores
+
+
+def test_a_phase_resumed_at_its_start_gets_a_fresh_scaler_and_optimizer_as_an_uninterrupted_run():
+    import random
+    from types import SimpleNamespace
+
+    import torch
+
+    from ichkaggle.train.control import EpochControl
+
+    loaded = []
+    scaler = SimpleNamespace(load_state_dict=lambda s: loaded.append(("scaler", s)))
+    opt = SimpleNamespace(load_state_dict=lambda s: loaded.append(("opt", s)), opt=SimpleNamespace(param_groups=[],
+                                                                                                   state={}))
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "cuda": []}
+    for epoch, expected in ((0, []), (2, ["opt", "scaler"])):
+        loaded.clear()
+        control = EpochControl(None, 1, epoch, None)
+        control.learn = SimpleNamespace(scaler=scaler, opt=opt)
+        control._restore({"opt": {"state": {}}, "scaler": {"scale": 8.0}, "epoch": epoch, "rng": rng})
+        assert [what for what, _ in loaded] == expected
+
+
+def test_a_restored_optimizer_keeps_the_implementation_it_was_built_with():
+    import torch
+
+    from ichkaggle.train import optim
+
+    model = torch.nn.Linear(3, 2)
+    foreach = optim.make_optimizer([list(model.parameters())], kind="adam", no_decay=frozenset(),
+                                   device=torch.device("cpu"))
+    model(torch.randn(4, 3)).sum().backward()
+    foreach.opt.step()
+    optim.FUSED_DEVICES, saved_devices = ("cuda", "cpu"), optim.FUSED_DEVICES  # as a GPU session builds it
+    try:
+        fused = optim.make_optimizer([list(model.parameters())], kind="adam", no_decay=frozenset(),
+                                     device=torch.device("cpu"))
+    finally:
+        optim.FUSED_DEVICES = saved_devices
+    optim.restore(fused, foreach.state_dict())  # a checkpoint of a CPU session, resumed on a GPU
+    assert all(g["fused"] is True for g in fused.opt.param_groups)
+    assert len(fused.opt.state) == len(foreach.opt.state)
+
+
+def test_norm_parameters_stay_without_decay_after_the_ddp_conversion(learner):
+    from ichkaggle.train.distributed import sync_batchnorm
+    from ichkaggle.train.optim import norm_and_bias_params
+
+    before = {id(p) for p in norm_and_bias_params(learner.model)}
+    after = {id(p) for p in norm_and_bias_params(sync_batchnorm(learner.model))}
+    assert before == after and len(before) > 40  # the same parameters (timm's converter keeps them)
+
+
+def test_a_run_whose_checkpoint_or_random_states_are_missing_is_refused(prepared, tmp_path):  # noqa: F811
+    from ichkaggle.errors import UserError
+    from ichkaggle.train.checkpoints import checkpoint_path
+    from ichkaggle.train.loop import train
+
+    root, folds = prepared
+    experiment = tiny_experiment(epochs=2, tta=False)
+    train(folds, root / "train", experiment, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    state.update(complete=False, phase=0, epoch=1)
+    (tmp_path / "run" / "state.json").write_text(json.dumps(state))
+    (tmp_path / "run" / "models" / "rng-0.pth").unlink()
+    with pytest.raises(UserError, match="rng-0.pth is missing"):
+        train(folds, root / "train", experiment, tmp_path / "run", resume=True)
+    checkpoint_path(tmp_path / "run").unlink()
+    with pytest.raises(UserError, match="checkpoint.pth is missing"):
+        train(folds, root / "train", experiment, tmp_path / "run", resume=True)
+
+
+def test_a_validation_set_smaller_than_the_ranks_is_refused(prepared, tmp_path, monkeypatch):  # noqa: F811
+    from ichkaggle.errors import UserError
+    from ichkaggle.train import loop
+
+    root, folds = prepared
+    monkeypatch.setattr(loop, "world", lambda: 1000)
+    with pytest.raises(UserError, match="cannot give each of 1000 processes a batch"):
+        loop.train(folds, root / "train", tiny_experiment(epochs=1, tta=False), tmp_path / "run")
+
+
+def test_tta_mixes_the_plain_pass_with_the_augmented_ones_as_fastai_does():
+    import contextlib
+    from types import SimpleNamespace
+
+    import torch
+
+    from ichkaggle.experiment import PredictConfig
+    from ichkaggle.train.predict import slice_predictions
+
+    head = torch.nn.Linear(2, 6)
+    model = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Sequential(head))
+    outputs = iter([torch.full((3, 6), 0.8), torch.full((3, 6), 0.2), torch.full((3, 6), 0.4)])  # plain, 2 augmented
+
+    def get_preds(dl, reorder):
+        head(torch.zeros(3, 2))  # the embedding hook sees the head's input
+        return next(outputs), None
+
+    learn = SimpleNamespace(model=model, get_preds=get_preds)
+    dl = SimpleNamespace(dataset=SimpleNamespace(set_split_idx=lambda i: contextlib.nullcontext()))
+    experiment = SimpleNamespace(predict=PredictConfig(tta=True, tta_n=2, tta_beta=0.25))
+    probs, _ = slice_predictions(learn, dl, experiment)
+    np.testing.assert_allclose(probs, 0.75 * 0.3 + 0.25 * 0.8, atol=1e-6)  # torch.lerp(aug, plain, beta)

@@ -77,6 +77,9 @@ def load_checkpoint(run_dir: Path) -> dict:
     """The checkpoint and this rank's random states; an optimizer state of another format is dropped,
     with a warning (the phase then continues with a fresh optimizer state)."""
     state = torch.load(checkpoint_path(run_dir), map_location="cpu", weights_only=False)
+    if not _rng_path(run_dir).exists():
+        raise UserError(f"{_rng_path(run_dir)} is missing: the run was saved by fewer processes than this one "
+                        f"(rank {rank()}); continue it with the number of processes (GPUs) it was started with")
     state["rng"] = torch.load(_rng_path(run_dir), weights_only=False)
     if state.get("format", 1) != CHECKPOINT_FORMAT and state.get("opt") is not None:
         print(f"warning: {checkpoint_path(run_dir)} has checkpoint format {state.get('format', 1)}, this version "

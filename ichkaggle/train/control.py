@@ -66,9 +66,10 @@ class EpochControl(Callback):
         self.started, self.train_sum, self.train_count = time.time(), None, 0
 
     def _restore(self, state: dict) -> None:
-        if state.get("opt") is not None and state["epoch"] > 0:  # mid-phase: the phase's own optimizer
+        mid_phase = state["epoch"] > 0  # at a phase's start an uninterrupted run has a fresh optimizer and scaler
+        if state.get("opt") is not None and mid_phase:
             optim.restore(self.learn.opt, state["opt"])
-        if state.get("scaler") is not None and getattr(self.learn, "scaler", None) is not None:
+        if state.get("scaler") is not None and mid_phase and getattr(self.learn, "scaler", None) is not None:
             self.learn.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
 

@@ -33,7 +33,7 @@ from .checkpoints import checkpoint_path, load_checkpoint, load_weights, save_we
 from .control import Budget, EpochControl, Stop, TrainingSession
 from .data import loader
 from .device import process_device, set_cudnn
-from .distributed import agree, init_distributed, leave_distributed, rank, trainer_callbacks
+from .distributed import agree, init_distributed, leave_distributed, rank, trainer_callbacks, world
 from .learner import build_learner, phase_schedule, use_optimizer, weight_average
 from .predict import slice_predictions
 from .samples import Rows, slice_images
@@ -91,13 +91,19 @@ def train(table: pd.DataFrame, folder: str | os.PathLike, experiment: Experiment
     dls = DataLoaders(loader(experiment, Rows(images, train_rows), targets[train_rows], train=True),
                       loader(experiment, Rows(images, valid_rows), targets[valid_rows], shard=True,
                              sample=experiment.data.valid_samples or None), path=run_dir, device=process_device())
+    if len(dls.valid.dataset) < world():  # every rank must validate: DDP's first no-grad forward is collective
+        raise UserError(f"{len(dls.valid.dataset)} validation slice(s) per epoch cannot give each of {world()} "
+                        "processes a batch: raise [data] valid_samples (or train on fewer GPUs)")
     if len(dls.train) == 0:
         raise UserError(f"an epoch of {dls.train._size()} training slices holds no full batch of "
                         f"{experiment.data.batch_size}: lower [data] batch_size or raise samples_per_epoch")
     learn = build_learner(dls, experiment, run_dir, pretrained=state.phase == 0 and state.epoch == 0)
     restore = None
-    if checkpoint_path(run_dir).exists() and (state.phase or state.epoch):
-        # saved where state.json says the run continues
+    if state.phase or state.epoch:  # saved where state.json says the run continues
+        if not checkpoint_path(run_dir).exists():
+            raise UserError(f"{run_dir}: state.json says {state.describe(experiment.phases)}, but "
+                            f"{checkpoint_path(run_dir)} is missing: the run cannot continue (copy the whole run "
+                            "folder, or start again in another --out)")
         restore = load_checkpoint(run_dir)
         learn.model.load_state_dict(restore["model"])
         print(f"resuming {run_dir}: {state.describe(experiment.phases)}", flush=True)

@@ -14,7 +14,6 @@ from functools import partial
 
 import torch
 from fastai.optimizer import OptimWrapper, detuplify_pg, set_item_pg
-from fastai.torch_core import norm_bias_params
 
 from ..experiment import OPTIMIZERS
 
@@ -66,17 +65,39 @@ def make_optimizer(groups, lr: float = 1e-3, *, kind: str, no_decay: frozenset, 
     return PairedGroups(groups, cls(torch_groups, lr=lr, **defaults, **speed))
 
 
+NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
+
+
+def norm_and_bias_params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters of every normalisation layer (SyncBatchNorm included, which fastai's
+    ``norm_bias_params`` does not know, so a model converted for DDP keeps them) and every bias."""
+    found = {}
+    for module in model.modules():
+        if isinstance(module, NORMS):
+            found.update((id(p), p) for p in module.parameters(recurse=False))
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, torch.nn.Parameter):
+            found[id(bias)] = bias
+    return list(found.values())
+
+
 def opt_func(kind: str, model: torch.nn.Module, device: torch.device):
     """What ``Learner.opt_func`` is set to for a phase using ``kind``."""
-    no_decay = frozenset(id(p) for p in norm_bias_params(model, with_bias=True))
+    no_decay = frozenset(id(p) for p in norm_and_bias_params(model))
     return partial(make_optimizer, kind=kind, no_decay=no_decay, device=torch.device(device))
 
 
 def restore(opt, state: dict) -> None:
     """Load a saved optimizer state so that every state tensor lives where its parameter does
     (a checkpoint is read onto the CPU; the first step after a resume on a GPU must not mix the two).
-    torch's own loading casts most of it; ``step`` stays where torch's policy puts it."""
+    torch's own loading casts most of it; ``step`` stays where torch's policy puts it. The groups
+    keep their implementation as built here (fused on a GPU): a checkpoint saved on another
+    device must not switch it (torch's loading takes every group setting from the file)."""
+    inner = getattr(opt, "opt", opt)
+    built = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in inner.param_groups]
     opt.load_state_dict(state)
+    for group, flags in zip(inner.param_groups, built):
+        group.update(flags)
     for param, param_state in getattr(opt, "opt", opt).state.items():
         for key, value in param_state.items():
             if key != "step" and torch.is_tensor(value) and value.device != param.device:

@@ -29,7 +29,8 @@ def slice_predictions(learn, dl: SliceLoader, experiment: Experiment, tta: bool 
                       ) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, embeddings) of every item of ``dl`` in order; with TTA, ``tta_n``
     augmented passes averaged and mixed with the plain pass as fastai's ``tta`` does
-    (``aug ** beta * plain ** (1 - beta)``). Embeddings are the head's last hidden layer."""
+    (``lerp(aug, plain, beta)``: the plain pass weighs ``beta``). Embeddings are the head's last
+    hidden layer, mixed the same way."""
     tta = experiment.predict.tta if tta is None else tta
     head = learn.model[-1][-1]
     captured: list = []
@@ -45,10 +46,9 @@ def slice_predictions(learn, dl: SliceLoader, experiment: Experiment, tta: bool 
         if tta:
             with dl.dataset.set_split_idx(0):  # the training augmentations, as fastai's tta
                 passes = [one_pass() for _ in range(experiment.predict.tta_n)]
-            augmented = torch.stack([p for p, _ in passes]).mean(0)
             beta = experiment.predict.tta_beta
-            plain = augmented ** beta * plain ** (1 - beta)
-            embedding = (torch.stack([e for _, e in passes]).mean(0) * beta + embedding * (1 - beta))
+            plain = torch.lerp(torch.stack([p for p, _ in passes]).mean(0), plain, beta)
+            embedding = torch.lerp(torch.stack([e for _, e in passes]).mean(0), embedding, beta)
     finally:
         hook.remove()
     return plain.numpy().astype(np.float64), embedding.numpy()

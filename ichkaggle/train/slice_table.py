@@ -9,11 +9,13 @@ read, with the run's calibration.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, fields
 
 import numpy as np
 
 from ..errors import UserError
+from ..files import write_atomic
 
 #: a complete run's validation slices (the out-of-fold rows), beside its metrics.json
 VALID_SLICES = "valid_slices.npz"
@@ -32,10 +34,13 @@ class SliceTable:
     fold: np.ndarray | None = None  # the CNN's validation fold of each slice (out-of-fold table)
 
     def save(self, path) -> None:
+        """Atomically: a reader never sees half a table (a re-blend, a re-run of embed)."""
         extra = {k: v for k, v in (("targets", self.targets), ("fold", self.fold)) if v is not None}
-        np.savez(path, ids=self.ids.astype(str), series=self.series.astype(str), position=self.position,
+        buffer = io.BytesIO()
+        np.savez(buffer, ids=self.ids.astype(str), series=self.series.astype(str), position=self.position,
                  calibrated=self.calibrated.astype(np.float32), embeddings=self.embeddings.astype(np.float16),
                  **extra)
+        write_atomic(path, buffer.getvalue())
 
     @classmethod
     def load(cls, path, calibration=None) -> SliceTable:
