@@ -204,3 +204,53 @@ def test_a_state_written_before_the_scheduler_still_resumes(fake, tmp_path, caps
     assert len(fake.calls("SaveKernel")) == pushes and len(fake.submissions) == 1
     again = json.loads(path.read_text())
     assert again["version"] == 3 and again["parts"] == 1 and again["sessions"] == state["sessions"]
+
+
+# ----------------------------------------------------------------------------- the scheduler's judgements
+
+
+def test_only_a_run_time_limit_counts_as_killed_at_the_limit():
+    from ichkaggle.kaggle.sandbox import KILLED_TEXT
+    from ichkaggle.kaggle.schedule import KILLED_AT_LIMIT
+
+    assert KILLED_AT_LIMIT.search(KILLED_TEXT.format(hours=12))
+    assert KILLED_AT_LIMIT.search("Your notebook exceeded the maximum run time of 12 hours")
+    for other in ("Watchdog caught collective operation timeout: WorkNCCL(SeqNum=5, OpType=ALLREDUCE)",
+                  "CUDA error: the launch timed out and was terminated",
+                  "Notebook output of 21,000,000,000 bytes exceeds the 20,000,000,000-byte limit of /kaggle/working"):
+        assert not KILLED_AT_LIMIT.search(other), other
+
+
+def test_a_version_is_followed_for_a_whole_session_unless_max_wait_says_otherwise():
+    from ichkaggle.commands.push import polling_for
+
+    assert polling_for(None, None, 12.0, local=False).timeout == 13 * 3600  # a session and an hour for outputs
+    assert polling_for(None, None, 0.01, local=True).timeout == pytest.approx(3636.0)
+    assert polling_for(None, 0.3, 12.0, local=False).timeout == 0.3  # --max-wait is what it says
+    assert polling_for(None, 50.0, 12.0, local=False).submission_timeout == 50.0
+
+
+def test_a_submission_made_without_a_ref_is_followed_not_uploaded_again(tmp_path):
+    from types import SimpleNamespace
+
+    from ichkaggle.files import sha256_file
+    from ichkaggle.kaggle.pipeline import PipelineState, submit_once
+    from ichkaggle.kaggle.results import Polling
+
+    csv = tmp_path / "submission.csv"
+    csv.write_text("ID,Label\n")
+    state = PipelineState(tmp_path / "state.json", {"submission": {"ref": 0, "sha256": sha256_file(csv),
+                                                                   "message": "first", "status": "PENDING"}})
+    followed = []
+
+    def wait(ref, message, file_name, competition, **_):
+        followed.append((ref, message, file_name))
+        return SimpleNamespace(status="COMPLETE", public_score="0.07", private_score="0.08", date="today")
+
+    def submit(*_):
+        raise AssertionError("uploaded again")
+
+    session = SimpleNamespace(wait_submission=wait, submit=submit)
+    submit_once(session, state, csv, "another message", None, "comp", Polling(), lambda line: None)
+    assert followed == [(0, "first", "submission.csv")]  # found by its message and file name
+    assert state.data["submission"]["private_score"] == "0.08"

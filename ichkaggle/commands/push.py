@@ -89,8 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="dataset folders; None: datasets/ of the checkout")
     parser.add_argument("--poll", type=float, default=None, metavar="SECONDS",
                         help="first polling interval (it grows to 120 s); None: 15 s (--local: 1 s, up to 5 s)")
-    parser.add_argument("--max-wait", type=float, default=12 * 3600, metavar="SECONDS",
-                        help="give up following after this long (run again to resume)")
+    parser.add_argument("--max-wait", type=float, default=None, metavar="SECONDS",
+                        help="give up following a version after it has run this long (run again to resume); "
+                             "None: a whole session and an hour for its outputs (--session-hours + 1 h)")
     parser.add_argument("--dry-run", nargs="?", const="", default=None, metavar="DIR",
                         help="only render the folders (into DIR, else a new temporary folder) and show them")
     local = parser.add_argument_group("run --local: a rehearsal on this machine (see above)")
@@ -108,6 +109,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="--local: the daily submission allowance")
 
 
+def polling_for(poll: float | None, max_wait: float | None, session_hours: float, local: bool):
+    """How a run follows its kernels. A version is followed for a whole session and an hour for
+    its outputs unless ``--max-wait`` says otherwise: one that uses its full session is not given up on."""
+    from ..kaggle.results import Polling
+
+    first = poll if poll is not None else (1.0 if local else 15.0)
+    longest = max(first, 5.0 if local else 120.0)
+    timeout = max_wait if max_wait is not None else (session_hours + 1) * 3600
+    return Polling(first=first, longest=longest, timeout=timeout, submission_timeout=min(timeout, 2 * 3600))
+
+
 def main(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
@@ -116,8 +128,6 @@ def main(args: argparse.Namespace) -> int:
     from ..kaggle.api import KaggleSession
     from ..kaggle.credentials import find_credentials
     from ..kaggle.flow import Layout, parse_folds, push_dataset, push_kernels
-    from ..kaggle.results import Polling
-
     if args.kind in ("dataset", "kernel") and not args.name:
         raise UserError(f"push {args.kind}: which one? e.g. ichkaggle push "
                         + ("dataset ichkaggle-src" if args.kind == "dataset" else "kernel train --folds 0-4"))
@@ -135,10 +145,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"push {args.kind} takes one --config; several are for `push run`")
     args.config = args.configs[0]
     local = args.local is not None
-    first = args.poll if args.poll is not None else (1.0 if local else 15.0)
-    longest = max(first, 5.0 if local else 120.0)
-    polling = Polling(first=first, longest=longest, timeout=args.max_wait,
-                      submission_timeout=min(args.max_wait, 2 * 3600))
+    polling = polling_for(args.poll, args.max_wait, args.session_hours, local)
     folds = parse_folds(args.folds)
     layout = Layout.find(args.kernels_dir, args.datasets_dir,
                          args.out or (Path(args.local) / "runs" if local else None))

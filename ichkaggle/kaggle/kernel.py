@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import write_atomic
 from ..prepared.reader import settings_for
 from .contract import INFER_MANIFEST, OUTPUT_LIMIT_BYTES, PREPARE_MANIFEST, TRAIN_MANIFEST
 from .inputs import (
@@ -162,7 +163,7 @@ def kaggle_prepare(config: str | os.PathLike, input_root: str | os.PathLike = IN
                 "parts": parts, "bytes": size, "bytes_per_image": round(size / max(images, 1)),
                 "seconds": round(time.time() - started, 1)}
     path = output / PREPARE_MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_atomic(path, (json.dumps(manifest, indent=2) + "\n").encode())
     print(f"done: {images} images{share}, {manifest['bytes'] / 1e9:.2f} GB ({manifest['bytes_per_image']:,} bytes "
           f"an image) in {output}", flush=True)
     return path
@@ -283,7 +284,7 @@ def kaggle_train(
         "seconds": round(time.time() - started, 1),
     }
     path = output / TRAIN_MANIFEST
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    write_atomic(path, (json.dumps(manifest, indent=2) + "\n").encode())
     print(f"fold {fold}: {manifest['progress']}"
           + (f"; validation weighted log loss {manifest['valid_weighted_log_loss']:.4f}" if manifest["complete"]
              else ": push the next session (ichkaggle push run does)"), flush=True)
@@ -387,10 +388,10 @@ def kaggle_infer(
                                  zip(predicted, groups)}
     else:
         submission, report, record["sequence"] = _infer_one(predicted[0][0], output, sample, invalid, write_checked)
-    (output / INFER_MANIFEST).write_text(json.dumps({
+    write_atomic(output / INFER_MANIFEST, json.dumps({
         "kind": "ichkaggle-infer", "ichkaggle_version": __version__, **record,
         "test_images": len(ok) + len(failed), "unreadable": len(failed), "check": report.lines(),
-        "seconds": round(time.time() - started, 1)}, indent=2) + "\n")
+        "seconds": round(time.time() - started, 1)}, indent=2).encode() + b"\n")
     print(f"done: {submission}", flush=True)
     return submission
 

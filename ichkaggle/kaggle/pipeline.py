@@ -405,9 +405,9 @@ def submit_once(session: KaggleSession, state: PipelineState, csv: Path, message
             raise UserError(f"submission {previous.get('ref')} of {csv} was scored ERROR: "
                             f"{previous.get('error') or 'see the submissions page'}")
         return
-    if previous and previous.get("sha256") == digest and previous.get("ref"):
-        ref = int(previous["ref"])  # submitted before the last run stopped: only follow it
-        log(f"  following submission {ref} (submitted before)")
+    if previous and previous.get("sha256") == digest:  # submitted before the last run stopped: only follow it
+        ref, message = int(previous.get("ref") or 0), previous.get("message") or message  # ref 0: by message
+        log(f"  following submission {ref or 'of ' + repr(message)} (submitted before)")
     else:
         for line in check_csv(csv, sample):
             log("  " + line)

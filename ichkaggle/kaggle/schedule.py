@@ -27,9 +27,11 @@ from .flow import KernelJob, failure_text, fetch_outputs, last_words, push_job
 from .results import KERNEL_FAILED, KERNEL_TERMINAL, Polling, PushedKernel
 
 #: a version's failure message when Kaggle (or the rehearsal) killed it at its session limit.
-#: ASSUMPTION: Kaggle's exact wording is not documented; this matches "exceeded ... time/duration",
-#: "time limit", "timed out" and "timeout" (docs/kaggle.md: what a first real run will confirm)
-KILLED_AT_LIMIT = re.compile(r"exceed\w*\b.*\b(time|duration|hours?)\b|time ?limit|timed out|timeout", re.IGNORECASE)
+#: ASSUMPTION: Kaggle's exact wording is not documented; this matches "exceeded ... run time / time
+#: limit / duration / hours" and "session/run time limit", not a NCCL or CUDA timeout (docs/kaggle.md:
+#: what a first real run will confirm)
+KILLED_AT_LIMIT = re.compile(r"exceed\w*\b.*\b(run ?time|time limit|duration|hours?)\b|(session|run ?time) ?limit",
+                             re.IGNORECASE)
 
 
 @dataclass
@@ -178,6 +180,8 @@ class Scheduler:
             if kernel.status not in KERNEL_TERMINAL:
                 status = self.session.kernel_status(ref, kernel.version)
                 if (status.status, status.failure_message) != (kernel.status, kernel.failure_message):
+                    if status.status == "RUNNING" and kernel.status != "RUNNING":
+                        flight.since = self.session.clock()  # Kaggle's queue does not count against it
                     kernel.status, kernel.failure_message = status.status, status.failure_message
                     self.log(f"  {ref} v{kernel.version}: {status}")
                     self.state.put(kernel)
