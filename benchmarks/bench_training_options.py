@@ -1,9 +1,9 @@
 """What the metric-matched loss, the weight average and the sequence-stage TTA each do on the demo, alone.
 
-Each variant is the demo's config with one option switched on against a baseline with all
-three off (the seed's loss, no average, each series read once), run as the demo runs
-(``ichkaggle.demo.run_demo``: synthetic competition, 3 folds, the sequence stage), on each
-``--seeds`` (the synthetic data's seed). Reported: the CNN's out-of-fold score (the folds'
+Each variant is the demo's first config alone with one option switched on against a baseline
+with all three off (the seed's loss, no average, each series read once), run as the demo runs
+(``ichkaggle.demo.run_demo`` with that one config: synthetic competition, 3 folds, the
+sequence stage), on each ``--seeds`` (the synthetic data's seed). Reported: the CNN's out-of-fold score (the folds'
 mean calibrated validation score), the sequence stage's out-of-fold score, and the test
 scores of the CNN alone and of the final submission, against the hidden synthetic truth.
 
@@ -65,17 +65,18 @@ def main(argv=None) -> int:
             config = variant_config(args.config, name, VARIANTS[name], work)
             result = run_demo(work / f"seed{seed}-{config.stem}", data=data, configs=[str(config)], seed=seed)
             data = data or result.workdir / "data"  # every variant of a seed on the same synthetic data
-            rows.append({"seed": seed, "variant": name, "cnn_oof": result.oof.get("cnn_oof", result.valid_score),
-                         "sequence_oof": result.oof.get("sequence_oof"), **result.scores})
+            cnn = next(k for k in result.scores if k.startswith("CNN "))
+            rows.append({"seed": seed, "variant": name, "cnn_oof": result.oof[cnn.split(" (")[0]],
+                         "sequence_oof": result.oof.get("blend + sequence stage"), "cnn_test": result.scores[cnn],
+                         "final_test": result.scores.get("blend + sequence stage (submission)")})
             print(json.dumps(rows[-1]), flush=True)
     print(f"\n{time.strftime('%Y-%m-%d')}, {platform.machine()} ({os.cpu_count()} cores), "
           f"{time.time() - started:.0f}s")
     print("| seed | variant | CNN out of fold | sequence out of fold | CNN test | final test |")
     print("|---:|---|---:|---:|---:|---:|")
     for row in rows:
-        test = [v for k, v in row.items() if k.startswith(("CNN alone", "sequence stage ("))]
         cells = " | ".join(f"{v:.4f}" if isinstance(v, float) else "-"
-                           for v in (row["cnn_oof"], row["sequence_oof"], *test))
+                           for v in (row["cnn_oof"], row["sequence_oof"], row["cnn_test"], row["final_test"]))
         print(f"| {row['seed']} | {row['variant']} | {cells} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
