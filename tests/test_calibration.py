@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -72,8 +73,10 @@ def test_summary_and_json_round_trip():
     rng = np.random.default_rng(3)
     targets = (rng.random((200, 6)) < 0.3).astype(float)
     probs = np.clip(0.6 * targets + 0.4 * rng.random((200, 6)), 0.01, 0.99)
-    calibration, scores = summary(probs, targets, np.arange(200) // 10, np.full(6, 0.3))
+    calibration, scores, held_out = summary(probs, targets, np.arange(200) // 10, np.full(6, 0.3))
     assert set(scores) == {"valid_raw", "valid_calibrated", "valid_prior", "valid_calibrated_in_sample"}
+    assert scores["valid_calibrated"] == pytest.approx(weighted_log_loss(targets, held_out))  # the rows kept
+    assert not np.allclose(held_out, calibration.apply(probs))  # not the fit that saw them
     assert scores["valid_calibrated_in_sample"] <= scores["valid_prior"]
     assert Calibration.from_json(calibration.as_json()) == calibration
     assert np.allclose(Calibration.identity(np.full(6, 0.3)).apply(probs), probs)

@@ -23,6 +23,7 @@ from ichkaggle.experiment import (
     SequenceConfig,
 )
 from ichkaggle.prepared.series import neighbours
+from ichkaggle.tables.metric import weighted_log_loss
 
 from .conftest import tiny_prepared
 
@@ -160,6 +161,9 @@ def test_no_slice_is_described_by_a_model_that_trained_on_it(two_folds, tmp_path
     for run in (0, 1):
         rows = oof.fold == run
         assert (fold_of.loc[oof.ids[rows]] == run).all()  # run k described only the slices it held out
+        reported = json.loads((root / f"run{run}" / "metrics.json").read_text())["valid_weighted_log_loss"]
+        # the rows blends and the stage learn from score what the run reports: calibrated, cross-fitted
+        assert weighted_log_loss(oof.targets[rows], oof.calibrated[rows]) == pytest.approx(reported, rel=1e-3)
     for fold in (0, 1):  # a run's table that mixes in slices it trained on is refused
         bad = tmp_path / f"bad{fold}"
         shutil.copytree(root / f"run{fold}", bad)

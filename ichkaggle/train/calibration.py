@@ -114,19 +114,22 @@ def cross_fitted(probs, targets, groups, label_rates, parts: int = 5, seed: int 
     return out
 
 
-def summary(probs, targets, groups, label_rates) -> tuple[Calibration, dict]:
-    """The calibration to apply to test predictions (fitted on all of validation), and the
-    validation scores to report: raw model, calibrated (cross-fitted), constant prior."""
+def summary(probs, targets, groups, label_rates) -> tuple[Calibration, dict, np.ndarray]:
+    """The calibration to apply to test predictions (fitted on all of validation), the
+    validation scores to report (raw model, calibrated (cross-fitted), constant prior), and
+    the cross-fitted probabilities themselves: the out-of-fold rows that blends and the
+    sequence stage learn from, so that their CV does not count the calibration's own fit."""
     targets = np.asarray(targets, dtype=np.float64)
     prior = np.broadcast_to(np.asarray(label_rates, dtype=np.float64), targets.shape)
+    held_out = cross_fitted(probs, targets, groups, label_rates)
     scores = {
         "valid_raw": weighted_log_loss(targets, probs),
-        "valid_calibrated": weighted_log_loss(targets, cross_fitted(probs, targets, groups, label_rates)),
+        "valid_calibrated": weighted_log_loss(targets, held_out),
         "valid_prior": weighted_log_loss(targets, prior),
     }
     calibration = fit(probs, targets, label_rates)
     scores["valid_calibrated_in_sample"] = weighted_log_loss(targets, calibration.apply(probs))
-    return calibration, scores
+    return calibration, scores, held_out
 
 
 def run_calibration(weights: str | os.PathLike) -> Calibration:

@@ -152,9 +152,8 @@ def _finish(learn, run: TrainingSession, table, images, valid_rows, targets) -> 
     y = targets[valid_rows]
     probs, embeddings = slice_predictions(learn, loader(experiment, Rows(images, valid_rows), y), experiment)
     rates = targets[np.setdiff1d(np.arange(len(table)), valid_rows)].mean(axis=0)
-    calibration, scores = calibrate.summary(probs, y, table["PatientID"].to_numpy()[valid_rows], rates)
+    calibration, scores, calibrated = calibrate.summary(probs, y, table["PatientID"].to_numpy()[valid_rows], rates)
     write_atomic(run_dir / "calibration.json", (json.dumps(calibration.as_json(), indent=2) + "\n").encode())
-    calibrated = calibration.apply(probs)
     if {"SeriesInstanceUID", "position"} <= set(table.columns):  # the sequence stage's out-of-fold input
         rows = table.iloc[valid_rows]
         SliceTable(rows["ID"].to_numpy(), rows["SeriesInstanceUID"].to_numpy(), rows["position"].to_numpy(float),

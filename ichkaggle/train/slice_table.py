@@ -28,7 +28,7 @@ class SliceTable:
     ids: np.ndarray
     series: np.ndarray
     position: np.ndarray
-    calibrated: np.ndarray  # (N, 6) the CNN's probabilities (TTA), calibrated as its run was
+    calibrated: np.ndarray  # (N, 6) the CNN's probabilities (TTA), calibrated (out of fold: cross-fitted)
     embeddings: np.ndarray  # (N, D), float16 on disk
     targets: np.ndarray | None = None  # (N, 6) 0/1 for the out-of-fold table
     fold: np.ndarray | None = None  # the CNN's validation fold of each slice (out-of-fold table)
