@@ -152,12 +152,13 @@ def _finish(learn, run: TrainingSession, table, images, valid_rows, targets) -> 
     y = targets[valid_rows]
     probs, embeddings = slice_predictions(learn, loader(experiment, Rows(images, valid_rows), y), experiment)
     rates = targets[np.setdiff1d(np.arange(len(table)), valid_rows)].mean(axis=0)
-    calibration, scores, calibrated = calibrate.summary(probs, y, table["PatientID"].to_numpy()[valid_rows], rates)
+    calibration, scores, held_out = calibrate.summary(probs, y, table["PatientID"].to_numpy()[valid_rows], rates)
     write_atomic(run_dir / "calibration.json", (json.dumps(calibration.as_json(), indent=2) + "\n").encode())
+    calibrated = calibration.apply(probs)  # what `predict` gives with this run's model: valid_predictions.csv
     if {"SeriesInstanceUID", "position"} <= set(table.columns):  # the sequence stage's out-of-fold input
         rows = table.iloc[valid_rows]
         SliceTable(rows["ID"].to_numpy(), rows["SeriesInstanceUID"].to_numpy(), rows["position"].to_numpy(float),
-                   calibrated, embeddings, y, rows["fold"].to_numpy()).save(run_dir / VALID_SLICES)
+                   held_out, embeddings, y, rows["fold"].to_numpy()).save(run_dir / VALID_SLICES)
     ids = table["ID"].to_numpy()[valid_rows]
     pd.DataFrame(calibrated, columns=list(LABELS)).assign(ID=ids).to_csv(run_dir / "valid_predictions.csv",
                                                                          index=False)
@@ -166,7 +167,7 @@ def _finish(learn, run: TrainingSession, table, images, valid_rows, targets) -> 
         "experiment": experiment.name, "ichkaggle_version": __version__, "fold": experiment.data.fold,
         "train_images": run.n_train, "valid_images": run.n_valid,
         "valid_weighted_log_loss": scores["valid_calibrated"], **scores,
-        "valid_per_label": per_label_log_loss(y, calibrated), "label_rates": rates.tolist(),
+        "valid_per_label": per_label_log_loss(y, held_out), "label_rates": rates.tolist(),
         "best_epoch": run.state.best, "beats_prior": scores["valid_calibrated"] < scores["valid_prior"],
         "train_loss": float(history["train_loss"].iloc[-1]), "valid_loss": float(history["valid_loss"].iloc[-1]),
         "seconds": round(sum(s["seconds"] for s in run.state.sessions), 1), "sessions": len(run.state.sessions),
