@@ -321,14 +321,14 @@ def test_the_metric_loss_weighs_any_twice_and_equal_is_the_seeds(torch):
     logits, targets = torch.zeros(4, 6), torch.zeros(4, 6)
     logits[:, 0] = 3.0  # a confident mistake on `any` only
     plain = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
-    assert torch.allclose(loss_function(TrainConfig(loss="equal"))(logits, targets), plain)
-    metric = loss_function(TrainConfig())(logits, targets)  # the default
+    assert torch.allclose(loss_function(TrainConfig())(logits, targets), plain)  # the default, as measured
+    metric = loss_function(TrainConfig(loss="metric"))(logits, targets)
     per = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     expected = (per * torch.tensor([2.0, 1, 1, 1, 1, 1]) / (7 / 6)).mean()
     assert torch.allclose(metric, expected) and metric > plain  # the `any` error counts twice, then rescaled
     ones = torch.ones(4, 6)
-    assert torch.allclose(loss_function(TrainConfig())(ones, ones), loss_function(TrainConfig(loss="equal"))(ones,
-                                                                                                          ones))
+    assert torch.allclose(loss_function(TrainConfig(loss="metric"))(ones, ones), loss_function(TrainConfig())(ones,
+                                                                                                              ones))
 
 
 def test_the_weight_average_is_scored_each_epoch_and_kept_when_better(torch, prepared, tmp_path):
