@@ -92,7 +92,7 @@ class TrainConfig:
     #: "equal": every label alike (the seed's loss); "metric": binary cross-entropy with the
     #: metric's label weights (any x2, normalised to a mean of 1). "equal" is the default because
     #: on the demo "metric" made what is submitted (the sequence stage) worse out of fold on both
-    #: seeds (docs/benchmarks.md); on real data 3rd place trained with it: try it in the ledger
+    #: seeds (README, the figures); on real data 3rd place trained with it: try it in the ledger
     loss: str = "equal"
     #: an exponential moving average of the weights (timm's ModelEmaV3), this decay a step (with
     #: warm-up); the kept epoch is the better of the plain and the averaged model. 0: none. 0.99

@@ -31,9 +31,9 @@ def out_of_fold(run_dirs) -> SliceTable:
     """Every fold run's validation slices, each described by the model of the run that held
     it out, calibrated as that run's, cross-fitted (each patient's slices by a calibration
     fitted on other patients: the folds' models speak on one scale, as their calibrated
-    average does on the test, and no score here counts the calibration's own fit). A slice in two runs, or a run whose
-    slices are not all of its validation fold, is an error: such rows would leak training
-    data into the sequence stage."""
+    average does on the test, and no score here counts the calibration's own fit). A slice
+    in two runs, or a run whose slices are not all of its validation fold, is an error: such
+    rows would leak training data into the sequence stage."""
     from ..train.calibration import run_calibration
     from ..train.slice_table import VALID_SLICES
 
