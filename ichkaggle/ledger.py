@@ -333,12 +333,10 @@ def plot(rows: list[Row], path: Path) -> str:
     points = [r for r in rows if r.cv is not None and (r.public is not None or r.private is not None)]
     if not points:
         return "no row has both a CV and a leaderboard score: no cv_vs_lb.png"
-    try:
-        import matplotlib
+    from .pictures import pyplot, save
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return "matplotlib is not installed: no cv_vs_lb.png, the tables are written"
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=100)
     for key, marker in (("public", "o"), ("private", "s")):
@@ -353,10 +351,7 @@ def plot(rows: list[Row], path: Path) -> str:
     ax.set_ylabel("leaderboard score")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return f"CV against the leaderboard: {path}"
+    return f"CV against the leaderboard: {save(fig, path)}"
 
 
 def write_ledger(rows: list[Row], out: str | os.PathLike) -> tuple[Path, Path, str]:

@@ -19,6 +19,7 @@ import pandas as pd
 
 from .. import LABELS
 from ..experiment import Experiment
+from ..pictures import pyplot, save
 from ..prepared.series import sequences
 from ..tables.labels import read_long_csv
 from .samples import slice_images
@@ -29,12 +30,8 @@ SHORT = {"any": "any", "epidural": "EDH", "intraparenchymal": "IPH", "intraventr
 
 def loss_curve(history: pd.DataFrame, path: Path) -> Path | None:
     """Train/valid loss and the metric per epoch across phases (matplotlib, if installed)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     x = np.arange(1, len(history) + 1)
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
@@ -51,10 +48,7 @@ def loss_curve(history: pd.DataFrame, path: Path) -> Path | None:
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def as_picture(image: np.ndarray) -> np.ndarray:
@@ -201,12 +195,8 @@ def series_picture(images: Sequence[np.ndarray], truth: np.ndarray, first: np.nd
                    path: Path, names=("the blend (2D)", "with the sequence stage")) -> Path | None:
     """One series along x: the slices on top, then per label the truth (grey bars) and two
     predictions (lines) -- what the neighbours change."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     n = len(images)
     fig, axes = plt.subplots(len(LABELS) + 1, 1, figsize=(max(6, 0.45 * n), 11), dpi=100, sharex=True,
@@ -224,10 +214,7 @@ def series_picture(images: Sequence[np.ndarray], truth: np.ndarray, first: np.nd
         ax.set_ylabel(SHORT[label], rotation=0, labelpad=18)
     axes[1].legend(fontsize=7, loc="upper right", ncol=3)
     axes[-1].set_xlabel("slice")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def write_demo_report(workdir: Path, experiments, runs: dict, table: pd.DataFrame, prepared: Path, rows: list,
