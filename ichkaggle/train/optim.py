@@ -98,7 +98,7 @@ def restore(opt, state: dict) -> None:
     opt.load_state_dict(state)
     for group, flags in zip(inner.param_groups, built):
         group.update(flags)
-    for param, param_state in getattr(opt, "opt", opt).state.items():
+    for param, param_state in inner.state.items():
         for key, value in param_state.items():
             if key != "step" and torch.is_tensor(value) and value.device != param.device:
                 param_state[key] = value.to(param.device)
