@@ -10,6 +10,9 @@ an empty validation share) must be the same on every rank, or the others wait fo
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import torch
 from fastai.distributed import DistributedTrainer
 from fastai.torch_core import num_distrib, rank_distrib
@@ -92,9 +95,33 @@ def init_distributed() -> None:
         torch.distributed.init_process_group(backend=backend)
 
 
-def leave_distributed() -> None:
+def leave_distributed(settle_s: float = 2.0) -> None:
     """Wait for every rank, then leave the group: what rank 0 does alone afterwards (the final
-    evaluation, whose metrics would otherwise be summed over ranks that have gone) is local."""
+    evaluation, whose metrics would otherwise be summed over ranks that have gone) is local.
+
+    Then wait (at most ``settle_s``) for the group's gloo worker threads to end: the thread that
+    ran the barrier still drops that work, whose tensors are Python objects, so it needs the
+    GIL; a process that exits before giving it up kills the thread inside a C++ destructor and
+    aborts (SIGABRT, "terminate called without an active exception"), about one CPU run in ten.
+    """
     if distributed():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        deadline = time.monotonic() + settle_s
+        while gloo_worker_threads() and time.monotonic() < deadline:
+            time.sleep(0.01)  # gives up the GIL
+
+
+def gloo_worker_threads() -> int:
+    """How many of this process's threads are gloo's (named ``pt_gloo_*``, ``gloo_*``; Linux)."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return 0
+    count = 0
+    for task in tasks.iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:  # the thread ended while we looked
+            continue
+        count += name.startswith(("pt_gloo", "gloo"))
+    return count
